@@ -1,0 +1,127 @@
+//! Staff subcommands: each is one call (or a run of pages) to the node's Registry API.
+
+use anyhow::{Context, anyhow};
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+use super::output;
+use super::{ClientArgs, PersonCommand, ServiceCommand};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+
+pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result<()> {
+    let (mut client, config) = connect(args).await?;
+    match command {
+        PersonCommand::Add(a) => {
+            let division = match (a.division, &config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => c.division.clone(),
+                (None, None) => return Err(anyhow!("--division is required with --endpoint")),
+            };
+            let req = pb::RegisterMoveInRequest {
+                id_number: a.id,
+                name: a.name,
+                phone: a.phone,
+                category: pb::Category::from(a.category) as i32,
+                role: pb::Role::from(a.role) as i32,
+                division,
+                address: a.address,
+                date: a.date.unwrap_or_else(today),
+                household_division: a.household_division.unwrap_or_default(),
+            };
+            let resp = client.register_move_in(req).await.map_err(status)?.into_inner();
+            let person = resp.person.context("the node answered without a person")?;
+            if !args.json && !resp.created {
+                println!("already registered with the same details; nothing changed");
+            }
+            output::person(&person, args.json);
+        }
+        PersonCommand::Show { id } => {
+            let resp = client.get_person(pb::GetPersonRequest { id_number: id }).await.map_err(status)?;
+            output::person(&resp.into_inner().person.context("the node answered without a person")?, args.json);
+        }
+        PersonCommand::List(a) => {
+            let mut req = pb::ListPersonsRequest {
+                role: a.role.map_or(0, |r| pb::Role::from(r) as i32),
+                category: a.category.map_or(0, |c| pb::Category::from(c) as i32),
+                status: a.status.map_or(0, |s| pb::PersonStatus::from(s) as i32),
+                page_size: a.page_size,
+                page_token: a.page_token,
+            };
+            let mut persons = Vec::new();
+            let next = loop {
+                let page = client.list_persons(req.clone()).await.map_err(status)?.into_inner();
+                persons.extend(page.persons);
+                if !a.all || page.next_page_token.is_empty() {
+                    break page.next_page_token;
+                }
+                req.page_token = page.next_page_token;
+            };
+            output::person_list(&persons, &next, args.json);
+        }
+        PersonCommand::MoveOut { id, date, next_division } => {
+            let req =
+                pb::RegisterMoveOutRequest { id_number: id, date, next_division: next_division.unwrap_or_default() };
+            let resp = client.register_move_out(req).await.map_err(status)?;
+            output::person(&resp.into_inner().person.context("the node answered without a person")?, args.json);
+        }
+    }
+    Ok(())
+}
+
+pub async fn service(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<()> {
+    let (mut client, _) = connect(args).await?;
+    match command {
+        ServiceCommand::Add { id, kind, date, details } => {
+            let kind = match kind {
+                super::ServiceKindArg::HealthCheck => pb::ServiceKind::HealthCheck,
+            };
+            let req = pb::RecordServiceRequest {
+                id_number: id,
+                kind: kind as i32,
+                date: date.unwrap_or_else(today),
+                details,
+            };
+            let resp = client.record_service(req).await.map_err(status)?;
+            output::person(&resp.into_inner().person.context("the node answered without a person")?, args.json);
+        }
+    }
+    Ok(())
+}
+
+fn today() -> String {
+    SystemClock.today().to_string()
+}
+
+/// The node's own message for refused input; the code name for everything else.
+fn status(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::FailedPrecondition => anyhow!("{}", s.message()),
+        code => anyhow!("{code:?}: {}", s.message()),
+    }
+}
+
+/// Connects to `--endpoint`, or to the node whose config is `--config` (at the address the
+/// running node wrote into its data directory, else the configured one).
+async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, Option<Config>)> {
+    let (endpoint, config) = match &args.endpoint {
+        Some(e) if e.contains("://") => (e.clone(), None),
+        Some(e) => (format!("http://{e}"), None),
+        None => {
+            let config = Config::load(&args.config, std::env::vars())
+                .with_context(|| format!("reading {} (or pass --endpoint)", args.config.display()))?;
+            let addr = std::fs::read_to_string(config.api_addr_file())
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| config.api.listen.clone());
+            (format!("http://{addr}"), Some(config))
+        }
+    };
+    let client = RegistryClient::connect(endpoint.clone())
+        .await
+        .with_context(|| format!("cannot reach the node at {endpoint}; is it running?"))?;
+    Ok((client, config))
+}

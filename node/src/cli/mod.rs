@@ -1,0 +1,279 @@
+//! The `ldx-node` command line: `init`, `run`, and the staff subcommands that call the
+//! local Registry API. It is the binary's user interface, so it prints.
+
+mod client;
+mod init;
+mod output;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ldx_proto::v1 as pb;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ldx-node",
+    version,
+    about = "ldx node: floating-population service records of one street office, township or county"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter config, a fresh data key and (unless given) a federation salt.
+    Init(init::InitArgs),
+    /// Run the node until SIGTERM or Ctrl-C.
+    Run {
+        /// Config file.
+        #[arg(long, env = "LDX_CONFIG", default_value = "ldx-node.toml")]
+        config: PathBuf,
+    },
+    /// Persons registered at this node.
+    Person {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: PersonCommand,
+    },
+    /// Services given to persons registered here.
+    Service {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+/// How staff subcommands reach the node.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Config file of the node to talk to; its running address is read from its data directory.
+    #[arg(long, global = true, env = "LDX_CONFIG", default_value = "ldx-node.toml")]
+    pub config: PathBuf,
+    /// Staff API address, e.g. http://127.0.0.1:7301 (instead of --config).
+    #[arg(long, global = true, env = "LDX_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PersonCommand {
+    /// Register a move-in.
+    Add(PersonAddArgs),
+    /// Show one person's record.
+    Show {
+        /// 18-digit resident ID number.
+        id: String,
+    },
+    /// List persons.
+    List(PersonListArgs),
+    /// Register a move-out.
+    MoveOut {
+        /// 18-digit resident ID number.
+        id: String,
+        /// Date she left, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        /// Division she moves to, when known.
+        #[arg(long)]
+        next_division: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PersonAddArgs {
+    /// 18-digit resident ID number.
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub phone: String,
+    #[arg(long, value_enum)]
+    pub category: CategoryArg,
+    #[arg(long, value_enum, default_value = "residence")]
+    pub role: RoleArg,
+    /// Division where she lives or works (defaults to this node's division).
+    #[arg(long)]
+    pub division: Option<String>,
+    #[arg(long)]
+    pub address: String,
+    /// Move-in date, YYYY-MM-DD (defaults to today, China Standard Time).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Household-registration division, when it differs from the ID's first six digits.
+    #[arg(long)]
+    pub household_division: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PersonListArgs {
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    #[arg(long, value_enum)]
+    pub category: Option<CategoryArg>,
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// Persons per page (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    pub page_size: u32,
+    /// Continue from a previous page's token.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Fetch every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Record a service given to a person.
+    Add {
+        /// 18-digit resident ID number.
+        id: String,
+        #[arg(long, value_enum, default_value = "health-check")]
+        kind: ServiceKindArg,
+        /// Date of the service, YYYY-MM-DD (defaults to today, China Standard Time).
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long, default_value = "")]
+        details: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Origin,
+    Residence,
+    Workplace,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CategoryArg {
+    ClosedCommunity,
+    MixedCommunity,
+    UrbanVillage,
+    Market,
+    Organisation,
+    OutMigrant,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Active,
+    MovedOut,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ServiceKindArg {
+    HealthCheck,
+}
+
+impl From<RoleArg> for pb::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Origin => Self::Origin,
+            RoleArg::Residence => Self::Residence,
+            RoleArg::Workplace => Self::Workplace,
+        }
+    }
+}
+
+impl From<CategoryArg> for pb::Category {
+    fn from(c: CategoryArg) -> Self {
+        match c {
+            CategoryArg::ClosedCommunity => Self::ClosedCommunity,
+            CategoryArg::MixedCommunity => Self::MixedCommunity,
+            CategoryArg::UrbanVillage => Self::UrbanVillage,
+            CategoryArg::Market => Self::Market,
+            CategoryArg::Organisation => Self::Organisation,
+            CategoryArg::OutMigrant => Self::OutMigrant,
+        }
+    }
+}
+
+impl From<StatusArg> for pb::PersonStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Active => Self::Active,
+            StatusArg::MovedOut => Self::MovedOut,
+        }
+    }
+}
+
+/// Entry point of the `ldx-node` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => init::run(&args),
+        Command::Run { config } => run_node(&config).await,
+        Command::Person { client, command } => client::person(&client, command).await,
+        Command::Service { client, command } => client::service(&client, command).await,
+    }
+}
+
+async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, std::env::vars())?;
+    init_tracing(&config.log.level);
+    let addr = config.api_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("config key api.listen: cannot listen on {addr}: {e}"))?;
+    crate::node::run(config, Arc::new(SystemClock), listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Logs to stderr; `RUST_LOG` takes precedence over the configured filter.
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

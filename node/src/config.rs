@@ -1,0 +1,347 @@
+//! Node configuration: one TOML file, every key overridable by an `LDX_…` environment
+//! variable (`LDX_DIVISION`, `LDX_API__LISTEN`: sections joined by a double underscore),
+//! validated once at start-up with the offending key named.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Division;
+
+/// Environment variables with the `LDX_` prefix that are not config keys.
+pub const RESERVED_ENV: [&str; 2] = ["LDX_CONFIG", "LDX_ENDPOINT"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Division code this node serves: a 9-digit street office or township, or a 6-digit
+    /// county.
+    pub division: String,
+    /// Directory of the node's RocksDB. Relative paths are relative to the config file.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// File holding the data key (64 hex digits) that seals personal data at rest.
+    #[serde(default = "defaults::data_key_file")]
+    pub data_key_file: PathBuf,
+    /// File holding the federation salt (64 hex digits) of `person_key`; the same file on
+    /// every node of the federation.
+    #[serde(default = "defaults::federation_salt_file")]
+    pub federation_salt_file: PathBuf,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The staff API (`ldx.v1.Registry`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the staff API. Keep it on loopback: it has no staff authentication yet.
+    #[serde(default = "defaults::api_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Fsync every write before answering. Turning it off risks losing acknowledged
+    /// registrations on power loss.
+    #[serde(default = "defaults::sync_writes")]
+    pub sync_writes: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter: a level (`info`, `debug`) or a tracing directive (`ldx_node=debug,info`).
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn data_dir() -> PathBuf {
+        "data".into()
+    }
+    pub fn data_key_file() -> PathBuf {
+        "data.key".into()
+    }
+    pub fn federation_salt_file() -> PathBuf {
+        "federation.salt".into()
+    }
+    pub fn api_listen() -> String {
+        "127.0.0.1:7301".into()
+    }
+    pub fn sync_writes() -> bool {
+        true
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: defaults::api_listen() }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { sync_writes: defaults::sync_writes() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: defaults::log_level() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key {key}: {value:?} {rule}")]
+    Invalid { key: &'static str, value: String, rule: String },
+}
+
+impl Config {
+    /// Reads `path`, applies `LDX_…` overrides from `env`, resolves relative paths against
+    /// the config file's directory and validates every key.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.to_string() })?;
+        apply_env(&mut table, env)?;
+        let merged = toml::to_string(&table).expect("a parsed table serialises");
+        let mut config: Config =
+            toml::from_str(&merged).map_err(|e| ConfigError::Parse { path: shown, message: e.message().to_owned() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.data_dir, &mut config.data_key_file, &mut config.federation_salt_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Division::parse_node_level("division", &self.division).map_err(|e| ConfigError::Invalid {
+            key: "division",
+            value: self.division.clone(),
+            rule: e.rule,
+        })?;
+        self.api_addr()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| ConfigError::Invalid {
+            key: "log.level",
+            value: self.log.level.clone(),
+            rule: format!("is not a log filter: {e}"),
+        })?;
+        Ok(())
+    }
+
+    pub fn division(&self) -> Division {
+        Division::parse_node_level("division", &self.division).expect("validated at load")
+    }
+
+    pub fn api_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.api.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "api.listen",
+            value: self.api.listen.clone(),
+            rule: "must be an IP address and port, e.g. 127.0.0.1:7301".into(),
+        })
+    }
+
+    /// Where a running node writes the address its staff API is bound to.
+    pub fn api_addr_file(&self) -> PathBuf {
+        self.data_dir.join("run").join("api.addr")
+    }
+
+    /// A commented starter config for `ldx-node init`.
+    pub fn starter(division: &Division, api_listen: &str) -> String {
+        format!(
+            r#"# ldx node configuration. Every key can be overridden by an environment variable:
+# LDX_<KEY>, with sections joined by a double underscore (LDX_API__LISTEN=127.0.0.1:7401).
+# Relative paths are relative to this file.
+
+# Division code this node serves ({name}): a 9-digit street office or township, or a
+# 6-digit county.
+division = "{division}"
+
+# Directory of the node's RocksDB.
+data_dir = "data"
+
+# Data key (64 hex digits) that seals personal data at rest. Back it up apart from the
+# data: without it the records cannot be read.
+data_key_file = "data.key"
+
+# Federation salt (64 hex digits) that turns an ID number into the person_key every
+# node agrees on. All nodes of a federation must use the same salt file.
+federation_salt_file = "federation.salt"
+
+[api]
+# Staff API (ldx.v1.Registry). Keep it on loopback: it has no staff authentication yet.
+listen = "{api_listen}"
+
+[storage]
+# Fsync every write before answering.
+sync_writes = true
+
+[log]
+# A level (info, debug) or a tracing directive (ldx_node=debug,info).
+level = "info"
+"#,
+            name = division.name(),
+        )
+    }
+}
+
+/// Applies `LDX_…` variables. The key path and the type of each value come from the
+/// config schema, so `LDX_STORAGE__SYNC_WRITES=false` becomes a boolean and an unknown
+/// variable is an error rather than silently ignored.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let schema = toml::Table::try_from(Config {
+        division: String::new(),
+        data_dir: defaults::data_dir(),
+        data_key_file: defaults::data_key_file(),
+        federation_salt_file: defaults::federation_salt_file(),
+        api: ApiConfig::default(),
+        storage: StorageConfig::default(),
+        log: LogConfig::default(),
+    })
+    .expect("the config serialises to a table");
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("LDX_") else { continue };
+        if RESERVED_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let err = |message: String| ConfigError::Env { var: var.clone(), message };
+        let mut schema_node = &schema;
+        let mut target = &mut *table;
+        for (i, part) in path.iter().enumerate() {
+            let last = i + 1 == path.len();
+            match (schema_node.get(part), last) {
+                (Some(toml::Value::Table(sub)), false) => {
+                    schema_node = sub;
+                    let entry = target.entry(part.clone()).or_insert(toml::Value::Table(toml::Table::new()));
+                    target = entry
+                        .as_table_mut()
+                        .ok_or_else(|| err(format!("config key {part} is not a section in the file")))?;
+                }
+                (Some(toml::Value::Table(_)), true) | (None, _) | (Some(_), false) => {
+                    return Err(err(format!("{} is not a config key", path.join("."))));
+                }
+                (Some(kind), true) => {
+                    let value = match kind {
+                        toml::Value::Boolean(_) => raw
+                            .parse::<bool>()
+                            .map(toml::Value::Boolean)
+                            .map_err(|_| err(format!("{raw:?} must be true or false")))?,
+                        toml::Value::Integer(_) => raw
+                            .parse::<i64>()
+                            .map(toml::Value::Integer)
+                            .map_err(|_| err(format!("{raw:?} must be an integer")))?,
+                        _ => toml::Value::String(raw.clone()),
+                    };
+                    target.insert(part.clone(), value);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn starter_config_loads_with_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let division = Division::parse("d", "410103007").unwrap();
+        let path = write(dir.path(), &Config::starter(&division, "127.0.0.1:0"));
+        let config = Config::load(&path, env(&[])).unwrap();
+        assert_eq!(config.division, "410103007");
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        assert!(config.storage.sync_writes);
+        assert_eq!(config.api_addr().unwrap().port(), 0);
+    }
+
+    #[test]
+    fn every_key_is_overridable_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "division = \"410103007\"\n");
+        let config = Config::load(
+            &path,
+            env(&[
+                ("LDX_DIVISION", "410103"),
+                ("LDX_DATA_DIR", "/var/lib/ldx"),
+                ("LDX_DATA_KEY_FILE", "/etc/ldx/data.key"),
+                ("LDX_FEDERATION_SALT_FILE", "/etc/ldx/salt"),
+                ("LDX_API__LISTEN", "127.0.0.1:9000"),
+                ("LDX_STORAGE__SYNC_WRITES", "false"),
+                ("LDX_LOG__LEVEL", "debug"),
+                ("LDX_CONFIG", "ignored"),
+                ("PATH", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.division, "410103");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/ldx"));
+        assert_eq!(config.data_key_file, PathBuf::from("/etc/ldx/data.key"));
+        assert_eq!(config.federation_salt_file, PathBuf::from("/etc/ldx/salt"));
+        assert_eq!(config.api.listen, "127.0.0.1:9000");
+        assert!(!config.storage.sync_writes);
+        assert_eq!(config.log.level, "debug");
+
+        // The test above must cover every key of the schema.
+        let schema = toml::Table::try_from(&config).unwrap();
+        let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
+        assert_eq!(count, 7, "a new config key needs an override case above");
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("division = \"410103999\"\n", vec![], "config key division"),
+            ("division = \"4101\"\n", vec![], "config key division"),
+            ("division = \"410103007\"\n[api]\nlisten = \"localhost\"\n", vec![], "config key api.listen"),
+            ("division = \"410103007\"\n[log]\nlevel = \"[\"\n", vec![], "config key log.level"),
+            ("division = \"410103007\"\ncolour = \"blue\"\n", vec![], "colour"),
+            ("division = \"410103007\"\n", vec![("LDX_STORAGE__SYNC_WRITES", "maybe")], "LDX_STORAGE__SYNC_WRITES"),
+            ("division = \"410103007\"\n", vec![("LDX_API__PORT", "1")], "LDX_API__PORT: api.port is not a config key"),
+            ("data_dir = \"x\"\n", vec![], "division"),
+        ];
+        for (text, vars, expected) in cases {
+            let path = write(dir.path(), text);
+            let err = Config::load(&path, env(&vars)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?} {vars:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! gRPC services of the node and the mapping of errors to statuses.
+
+pub mod registry;
+pub mod status;

@@ -1,0 +1,90 @@
+//! `ldx.v1.Registry` over gRPC: each call runs the blocking registry work off the async
+//! runtime and maps its outcome through [`super::status`].
+
+use std::sync::Arc;
+
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::registry_server;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::status;
+use crate::registry::{Registry, RegistryError};
+
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    registry: Arc<Registry>,
+}
+
+impl RegistryService {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    pub fn into_server(self) -> registry_server::RegistryServer<Self> {
+        registry_server::RegistryServer::new(self)
+    }
+
+    /// Runs `work` on the blocking pool: RocksDB calls and fsyncs must not stall the runtime.
+    async fn run<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || work(&registry)).await.map_err(status::from_join)?.map_err(|e| {
+            tracing::debug!(error = %e, "request refused");
+            status::from_registry(e)
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryService {
+    #[instrument(skip_all, name = "register_move_in")]
+    async fn register_move_in(
+        &self,
+        request: Request<pb::RegisterMoveInRequest>,
+    ) -> Result<Response<pb::RegisterMoveInResponse>, Status> {
+        let req = request.into_inner();
+        let (person, created) = self.run(move |r| r.move_in(&req)).await?;
+        Ok(Response::new(pb::RegisterMoveInResponse { person: Some(person), created }))
+    }
+
+    #[instrument(skip_all, name = "register_move_out")]
+    async fn register_move_out(
+        &self,
+        request: Request<pb::RegisterMoveOutRequest>,
+    ) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.move_out(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
+
+    #[instrument(skip_all, name = "record_service")]
+    async fn record_service(
+        &self,
+        request: Request<pb::RecordServiceRequest>,
+    ) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.record_service(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
+
+    #[instrument(skip_all, name = "get_person")]
+    async fn get_person(&self, request: Request<pb::GetPersonRequest>) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.get(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
+
+    #[instrument(skip_all, name = "list_persons")]
+    async fn list_persons(
+        &self,
+        request: Request<pb::ListPersonsRequest>,
+    ) -> Result<Response<pb::ListPersonsResponse>, Status> {
+        let req = request.into_inner();
+        let (persons, next_page_token) = self.run(move |r| r.list(&req)).await?;
+        Ok(Response::new(pb::ListPersonsResponse { persons, next_page_token }))
+    }
+}

@@ -1,0 +1,46 @@
+//! The one place where errors become gRPC statuses. Invalid input is `InvalidArgument`
+//! naming field, value and rule; a storage failure is never reported as the caller's fault.
+
+use tonic::{Code, Status};
+
+use crate::registry::RegistryError;
+
+pub fn from_registry(err: RegistryError) -> Status {
+    let code = match &err {
+        RegistryError::Invalid(_) => Code::InvalidArgument,
+        RegistryError::NotFound => Code::NotFound,
+        RegistryError::AlreadyRegistered { .. } => Code::AlreadyExists,
+        RegistryError::MovedOut { .. } => Code::FailedPrecondition,
+        RegistryError::Storage(_) | RegistryError::Sealed(_) => {
+            tracing::error!(error = %err, "registry request failed inside the node");
+            return Status::internal("the node could not complete the request; see its log");
+        }
+    };
+    Status::new(code, err.to_string())
+}
+
+pub fn from_join(err: tokio::task::JoinError) -> Status {
+    tracing::error!(error = %err, "registry worker task failed");
+    Status::internal("the node could not complete the request; see its log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::InvalidField;
+    use crate::storage::StorageError;
+
+    #[test]
+    fn invalid_input_keeps_its_message() {
+        let s = from_registry(InvalidField::new("date", "2026-02-30", "is not a calendar date").into());
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "date: \"2026-02-30\" is not a calendar date");
+    }
+
+    #[test]
+    fn storage_failures_are_internal_and_say_nothing_of_the_input() {
+        let s = from_registry(StorageError::Corrupt { what: "person record", detail: "x".into() }.into());
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("person record"));
+    }
+}

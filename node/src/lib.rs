@@ -1,0 +1,12 @@
+//! ldx node: the records of one street office, township or county, the staff API over
+//! them, and (with the sync work) its channels to other nodes.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod grpc;
+pub mod node;
+pub mod registry;
+pub mod storage;

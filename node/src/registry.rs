@@ -1,0 +1,354 @@
+//! The registry of one node: registrations, move-outs and services, with every access to
+//! personal data written to the hash-chained audit log in the same batch.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::NaiveDate;
+use ldx_proto::v1 as pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::clock::{Clock, day_number, from_day_number};
+use crate::crypto::{DataKey, FederationSalt, OpenError, PersonKey};
+use crate::domain::{Division, InvalidField, MoveIn, MoveOut, ServiceGiven};
+use crate::storage::keys::PersonRecordKey;
+use crate::storage::records::{AuditEntry, AuditHead, PersonRecord, PersonSecret, ServiceEntry};
+use crate::storage::{Batch, StorageError, Store};
+
+/// Default and largest page of `ListPersons`.
+pub const PAGE_SIZE_DEFAULT: u32 = 50;
+pub const PAGE_SIZE_MAX: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("id_number: no person with this ID number is registered at this node")]
+    NotFound,
+    #[error("already registered here as {role} since {since}; a changed registration needs a move-out first")]
+    AlreadyRegistered { since: NaiveDate, role: &'static str },
+    #[error("she moved out of this node's division on {on}")]
+    MovedOut { on: NaiveDate },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("person record: {0}")]
+    Sealed(#[from] OpenError),
+}
+
+/// Serialises writes and carries the head of the audit chain between them.
+#[derive(Debug)]
+struct Writer {
+    audit: AuditHead,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    store: Arc<Store>,
+    data_key: DataKey,
+    salt: FederationSalt,
+    clock: Arc<dyn Clock>,
+    division: Division,
+    writer: Mutex<Writer>,
+}
+
+impl Registry {
+    pub fn new(
+        store: Arc<Store>,
+        data_key: DataKey,
+        salt: FederationSalt,
+        clock: Arc<dyn Clock>,
+        division: Division,
+    ) -> Result<Self, StorageError> {
+        let audit = store.audit_head()?;
+        Ok(Self { store, data_key, salt, clock, division, writer: Mutex::new(Writer { audit }) })
+    }
+
+    pub fn division(&self) -> &Division {
+        &self.division
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A panic while holding the lock leaves no half-written state (writes are single
+        // batches), so the guard of a poisoned lock is safe to use.
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a move-in. The same move-in again returns the stored record and
+    /// `created == false`; a different one for a person already active here is refused.
+    pub fn move_in(&self, req: &pb::RegisterMoveInRequest) -> Result<(pb::Person, bool), RegistryError> {
+        let m = MoveIn::validate(req, &self.division, self.clock.today())?;
+        let key = self.salt.person_key(m.id.as_str());
+        let mut writer = self.lock();
+        let mut services = Vec::new();
+        if let Some(existing) = self.store.person(&key)? {
+            let secret = self.open(&key, &existing)?;
+            if existing.status == pb::PersonStatus::Active as i32 {
+                if same_move_in(&existing, &secret, &m) {
+                    self.commit_audit(&mut writer, self.store.batch(), "move_in_repeat", Some(&key))?;
+                    return Ok((self.view(&existing, secret), false));
+                }
+                return Err(RegistryError::AlreadyRegistered {
+                    since: from_day_number(existing.move_in_day),
+                    role: role_name(existing.role),
+                });
+            }
+            services = secret.services;
+        }
+        let secret = PersonSecret {
+            id_number: m.id.as_str().to_owned(),
+            name: m.name,
+            phone: m.phone,
+            address: m.address,
+            services,
+        };
+        let record = PersonRecord {
+            person_key: key.0.to_vec(),
+            role: m.role.to_proto() as i32,
+            category: m.category.to_proto() as i32,
+            status: pb::PersonStatus::Active as i32,
+            division: m.division.as_str().to_owned(),
+            origin_division: m.origin.as_str().to_owned(),
+            move_in_day: day_number(m.date),
+            move_out_day: None,
+            next_division: String::new(),
+            updated_at_ms: self.clock.now().timestamp_millis(),
+            sealed: self.seal(&key, &secret),
+        };
+        let mut batch = self.store.batch();
+        batch.put_person(&key, &record);
+        self.commit_audit(&mut writer, batch, "move_in", Some(&key))?;
+        tracing::info!(person = ?key, role = role_name(record.role), "move-in registered");
+        Ok((self.view(&record, secret), true))
+    }
+
+    /// Registers that she left. Repeating the same move-out changes nothing.
+    pub fn move_out(&self, req: &pb::RegisterMoveOutRequest) -> Result<pb::Person, RegistryError> {
+        let m = MoveOut::validate(req, self.clock.today())?;
+        let key = self.salt.person_key(m.id.as_str());
+        let mut writer = self.lock();
+        let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
+        let secret = self.open(&key, &record)?;
+        if let Some(day) = record.move_out_day {
+            if day == day_number(m.date) && record.status == pb::PersonStatus::MovedOut as i32 {
+                self.commit_audit(&mut writer, self.store.batch(), "move_out_repeat", Some(&key))?;
+                return Ok(self.view(&record, secret));
+            }
+            return Err(RegistryError::MovedOut { on: from_day_number(day) });
+        }
+        let moved_in = from_day_number(record.move_in_day);
+        if m.date < moved_in {
+            return Err(InvalidField::new("date", &req.date, format!("is before her move-in on {moved_in}")).into());
+        }
+        record.status = pb::PersonStatus::MovedOut as i32;
+        record.move_out_day = Some(day_number(m.date));
+        record.next_division = m.next_division.map(|d| d.as_str().to_owned()).unwrap_or_default();
+        record.updated_at_ms = self.clock.now().timestamp_millis();
+        let mut batch = self.store.batch();
+        batch.put_person(&key, &record);
+        self.commit_audit(&mut writer, batch, "move_out", Some(&key))?;
+        tracing::info!(person = ?key, "move-out registered");
+        Ok(self.view(&record, secret))
+    }
+
+    /// Records a service. The same service (kind and date) twice is stored once.
+    pub fn record_service(&self, req: &pb::RecordServiceRequest) -> Result<pb::Person, RegistryError> {
+        let s = ServiceGiven::validate(req, self.clock.today())?;
+        let key = self.salt.person_key(s.id.as_str());
+        let mut writer = self.lock();
+        let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
+        if let Some(day) = record.move_out_day {
+            return Err(RegistryError::MovedOut { on: from_day_number(day) });
+        }
+        let moved_in = from_day_number(record.move_in_day);
+        if s.date < moved_in {
+            return Err(InvalidField::new("date", &req.date, format!("is before her move-in on {moved_in}")).into());
+        }
+        let mut secret = self.open(&key, &record)?;
+        let day = day_number(s.date);
+        if secret.services.iter().any(|e| e.kind == s.kind as i32 && e.day == day) {
+            self.commit_audit(&mut writer, self.store.batch(), "record_service_repeat", Some(&key))?;
+            return Ok(self.view(&record, secret));
+        }
+        secret.services.push(ServiceEntry { kind: s.kind as i32, day, details: s.details });
+        secret.services.sort_by_key(|e| (e.day, e.kind));
+        record.sealed = self.seal(&key, &secret);
+        record.updated_at_ms = self.clock.now().timestamp_millis();
+        let mut batch = self.store.batch();
+        batch.put_person(&key, &record);
+        self.commit_audit(&mut writer, batch, "record_service", Some(&key))?;
+        tracing::info!(person = ?key, "service recorded");
+        Ok(self.view(&record, secret))
+    }
+
+    pub fn get(&self, req: &pb::GetPersonRequest) -> Result<pb::Person, RegistryError> {
+        let id = crate::domain::ResidentId::parse("id_number", &req.id_number)?;
+        let key = self.salt.person_key(id.as_str());
+        let mut writer = self.lock();
+        let record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
+        let secret = self.open(&key, &record)?;
+        self.commit_audit(&mut writer, self.store.batch(), "read", Some(&key))?;
+        Ok(self.view(&record, secret))
+    }
+
+    /// One page of persons matching the filters, in `person_key` order.
+    pub fn list(&self, req: &pb::ListPersonsRequest) -> Result<(Vec<pb::Person>, String), RegistryError> {
+        let page_size = match req.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n if n <= PAGE_SIZE_MAX => n,
+            n => return Err(InvalidField::new("page_size", n, format!("must be at most {PAGE_SIZE_MAX}")).into()),
+        } as usize;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(PersonKey::from_hex(token).ok_or_else(|| {
+                InvalidField::new("page_token", token, "must be the next_page_token of a previous page")
+            })?),
+        };
+        let role = filter("role", req.role, pb::Role::try_from(req.role).is_ok())?;
+        let category = filter("category", req.category, pb::Category::try_from(req.category).is_ok())?;
+        let status = filter("status", req.status, pb::PersonStatus::try_from(req.status).is_ok())?;
+
+        let mut writer = self.lock();
+        let mut persons = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for item in self.store.persons_after(after) {
+            let (key, record) = item?;
+            let matches = role.is_none_or(|r| r == record.role)
+                && category.is_none_or(|c| c == record.category)
+                && status.is_none_or(|s| s == record.status);
+            if !matches {
+                continue;
+            }
+            if persons.len() == page_size {
+                more = true;
+                break;
+            }
+            let secret = self.open(&key, &record)?;
+            persons.push(self.view(&record, secret));
+            last = Some(key);
+        }
+        self.commit_audit(&mut writer, self.store.batch(), "list", None)?;
+        let token = match (more, last) {
+            (true, Some(k)) => k.to_hex(),
+            _ => String::new(),
+        };
+        Ok((persons, token))
+    }
+
+    fn seal(&self, key: &PersonKey, secret: &PersonSecret) -> Vec<u8> {
+        let plain = zeroize::Zeroizing::new(secret.encode_to_vec());
+        self.data_key.seal(&PersonRecordKey(*key).encode(), &plain)
+    }
+
+    fn open(&self, key: &PersonKey, record: &PersonRecord) -> Result<PersonSecret, RegistryError> {
+        let plain = self.data_key.open(&PersonRecordKey(*key).encode(), &record.sealed)?;
+        PersonSecret::decode(plain.as_slice())
+            .map_err(|e| StorageError::Corrupt { what: "person record", detail: e.to_string() }.into())
+    }
+
+    /// Adds the audit entry for this access to `batch` and commits it; the in-memory chain
+    /// head moves only once the batch is durable.
+    fn commit_audit(
+        &self,
+        writer: &mut Writer,
+        mut batch: Batch<'_>,
+        action: &str,
+        person: Option<&PersonKey>,
+    ) -> Result<(), StorageError> {
+        let entry = AuditEntry {
+            seq: writer.audit.seq + 1,
+            at_ms: self.clock.now().timestamp_millis(),
+            action: action.to_owned(),
+            person_key: person.map(|k| k.0.to_vec()).unwrap_or_default(),
+            prev_hash: writer.audit.hash.clone(),
+        };
+        let head = AuditHead { seq: entry.seq, hash: audit_hash(&entry) };
+        batch.put_audit(&entry, &head);
+        batch.commit()?;
+        writer.audit = head;
+        Ok(())
+    }
+
+    fn view(&self, record: &PersonRecord, secret: PersonSecret) -> pb::Person {
+        pb::Person {
+            person_key: hex::encode(&record.person_key),
+            id_number: secret.id_number,
+            name: secret.name,
+            phone: secret.phone,
+            role: record.role,
+            category: record.category,
+            status: record.status,
+            division: record.division.clone(),
+            address: secret.address,
+            move_in_date: from_day_number(record.move_in_day).to_string(),
+            move_out_date: record.move_out_day.map(|d| from_day_number(d).to_string()).unwrap_or_default(),
+            next_division: record.next_division.clone(),
+            origin_division: record.origin_division.clone(),
+            services: secret
+                .services
+                .into_iter()
+                .map(|s| pb::Service { kind: s.kind, date: from_day_number(s.day).to_string(), details: s.details })
+                .collect(),
+        }
+    }
+}
+
+/// SHA-256 of an audit entry's stored form: what the next entry links to.
+pub fn audit_hash(entry: &AuditEntry) -> Vec<u8> {
+    Sha256::digest(crate::storage::codec::encode(entry)).to_vec()
+}
+
+/// Checks the whole audit chain: consecutive sequence numbers, each entry linking to the
+/// hash of its predecessor, and the head matching the last entry. Returns the entry count.
+pub fn verify_audit_chain(store: &Store) -> Result<u64, String> {
+    let mut prev = Vec::new();
+    let mut count = 0;
+    for entry in store.audit_entries() {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.seq != count + 1 {
+            return Err(format!("audit entry {} follows {count}", entry.seq));
+        }
+        if entry.prev_hash != prev {
+            return Err(format!("audit entry {} does not link to its predecessor", entry.seq));
+        }
+        prev = audit_hash(&entry);
+        count = entry.seq;
+    }
+    let head = store.audit_head().map_err(|e| e.to_string())?;
+    if head.seq != count || head.hash != prev {
+        return Err(format!("audit head {} does not match the last entry {count}", head.seq));
+    }
+    Ok(count)
+}
+
+fn same_move_in(record: &PersonRecord, secret: &PersonSecret, m: &MoveIn) -> bool {
+    record.role == m.role.to_proto() as i32
+        && record.category == m.category.to_proto() as i32
+        && record.division == m.division.as_str()
+        && record.origin_division == m.origin.as_str()
+        && record.move_in_day == day_number(m.date)
+        && secret.name == m.name
+        && secret.phone == m.phone
+        && secret.address == m.address
+}
+
+fn role_name(role: i32) -> &'static str {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Origin) => "ORIGIN",
+        Ok(pb::Role::Residence) => "RESIDENCE",
+        Ok(pb::Role::Workplace) => "WORKPLACE",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// A list filter: `None` for UNSPECIFIED (match all), an error for unknown values.
+fn filter(field: &'static str, raw: i32, known: bool) -> Result<Option<i32>, InvalidField> {
+    match (raw, known) {
+        (0, _) => Ok(None),
+        (_, true) => Ok(Some(raw)),
+        (_, false) => Err(InvalidField::new(field, raw, "is not a known value of this enum")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use super::*;
+use crate::clock::ManualClock;
+use crate::domain::id::with_check_digit;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    registry: Registry,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), "410103007", false).unwrap());
+    let clock = Arc::new(ManualClock::new("2026-11-23T02:00:00Z".parse().unwrap()));
+    let registry = Registry::new(
+        store.clone(),
+        DataKey::from_bytes(&[3; 32]),
+        FederationSalt::from_bytes([4; 32]),
+        clock,
+        Division::parse("division", "410103007").unwrap(),
+    )
+    .unwrap();
+    Fixture { _dir: dir, store, registry }
+}
+
+fn move_in(n: u32) -> pb::RegisterMoveInRequest {
+    pb::RegisterMoveInRequest {
+        id_number: with_check_digit(&format!("41142119900101{n:03}")),
+        name: format!("测试{n}"),
+        phone: "13800000000".into(),
+        category: pb::Category::MixedCommunity as i32,
+        role: pb::Role::Residence as i32,
+        division: "410103007".into(),
+        address: format!("大学路 {n} 号"),
+        date: "2026-03-01".into(),
+        household_division: String::new(),
+    }
+}
+
+/// Everything a rejected request must leave untouched: person records and the audit head.
+fn snapshot(store: &Store) -> (Vec<(PersonKey, PersonRecord)>, AuditHead) {
+    (store.persons_after(None).map(Result::unwrap).collect(), store.audit_head().unwrap())
+}
+
+#[test]
+fn move_in_is_stored_and_read_back() {
+    let f = fixture();
+    let (person, created) = f.registry.move_in(&move_in(1)).unwrap();
+    assert!(created);
+    assert_eq!(person.origin_division, "411421");
+    assert_eq!(person.status, pb::PersonStatus::Active as i32);
+    let read = f.registry.get(&pb::GetPersonRequest { id_number: move_in(1).id_number }).unwrap();
+    assert_eq!(read, person);
+    assert_eq!(read.name, "测试1");
+}
+
+#[test]
+fn second_identical_move_in_is_idempotent() {
+    let f = fixture();
+    let (first, _) = f.registry.move_in(&move_in(1)).unwrap();
+    let (again, created) = f.registry.move_in(&move_in(1)).unwrap();
+    assert!(!created);
+    assert_eq!(first, again);
+    assert_eq!(f.store.persons_after(None).count(), 1);
+}
+
+#[test]
+fn a_different_move_in_for_an_active_person_is_refused() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    let before = snapshot(&f.store);
+    let mut changed = move_in(1);
+    changed.address = "别处".into();
+    let err = f.registry.move_in(&changed).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyRegistered { .. }), "{err}");
+    assert_eq!(snapshot(&f.store), before);
+}
+
+#[test]
+fn bad_input_names_the_field_and_stores_nothing() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    let before = snapshot(&f.store);
+    let cases: [(&str, fn(&mut pb::RegisterMoveInRequest)); 8] = [
+        ("id_number", |r| r.id_number = "410103199001010010".into()),
+        ("division", |r| r.division = "410103999".into()),
+        ("date", |r| r.date = "2026-02-30".into()),
+        ("date", |r| r.date = "2030-01-01".into()),
+        ("name", |r| r.name = String::new()),
+        ("address", |r| r.address = "x".repeat(300)),
+        ("category", |r| r.category = 99),
+        ("role", |r| r.role = 99),
+    ];
+    for (field, mutate) in cases {
+        let mut req = move_in(2);
+        mutate(&mut req);
+        match f.registry.move_in(&req) {
+            Err(RegistryError::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+        assert_eq!(snapshot(&f.store), before, "{field}: store changed");
+    }
+}
+
+#[test]
+fn move_out_and_services() {
+    let f = fixture();
+    let id = move_in(1).id_number;
+    f.registry.move_in(&move_in(1)).unwrap();
+    let service = |date: &str| pb::RecordServiceRequest {
+        id_number: id.clone(),
+        kind: pb::ServiceKind::HealthCheck as i32,
+        date: date.into(),
+        details: "常规检查".into(),
+    };
+    f.registry.record_service(&service("2026-07-08")).unwrap();
+    f.registry.record_service(&service("2026-04-08")).unwrap();
+    let p = f.registry.record_service(&service("2026-04-08")).unwrap();
+    assert_eq!(p.services.iter().map(|s| s.date.as_str()).collect::<Vec<_>>(), ["2026-04-08", "2026-07-08"]);
+    let err = f.registry.record_service(&service("2026-02-01")).unwrap_err();
+    assert!(err.to_string().contains("before her move-in"), "{err}");
+
+    let out = |date: &str| pb::RegisterMoveOutRequest {
+        id_number: id.clone(),
+        date: date.into(),
+        next_division: "410102001".into(),
+    };
+    assert!(matches!(f.registry.move_out(&out("2026-01-01")), Err(RegistryError::Invalid(_))));
+    let p = f.registry.move_out(&out("2026-10-15")).unwrap();
+    assert_eq!(p.status, pb::PersonStatus::MovedOut as i32);
+    assert_eq!(p.move_out_date, "2026-10-15");
+    assert_eq!(p.next_division, "410102001");
+    assert_eq!(f.registry.move_out(&out("2026-10-15")).unwrap(), p);
+    assert!(matches!(f.registry.move_out(&out("2026-10-16")), Err(RegistryError::MovedOut { .. })));
+    assert!(matches!(f.registry.record_service(&service("2026-10-20")), Err(RegistryError::MovedOut { .. })));
+
+    // Moving in again starts a new registration and keeps her service history.
+    let mut back = move_in(1);
+    back.date = "2026-11-01".into();
+    let (p, created) = f.registry.move_in(&back).unwrap();
+    assert!(created);
+    assert_eq!(p.status, pb::PersonStatus::Active as i32);
+    assert_eq!(p.services.len(), 2);
+}
+
+#[test]
+fn unknown_person_is_not_found() {
+    let f = fixture();
+    let err = f.registry.get(&pb::GetPersonRequest { id_number: move_in(5).id_number }).unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound));
+}
+
+#[test]
+fn list_filters_and_pages_through_everyone_once() {
+    let f = fixture();
+    for n in 0..25 {
+        let mut req = move_in(n);
+        if n % 5 == 0 {
+            req.role = pb::Role::Workplace as i32;
+            req.category = pb::Category::Organisation as i32;
+        }
+        f.registry.move_in(&req).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = f
+            .registry
+            .list(&pb::ListPersonsRequest { page_size: 7, page_token: token.clone(), ..Default::default() })
+            .unwrap();
+        assert!(page.len() <= 7);
+        seen.extend(page.into_iter().map(|p| p.name));
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 25);
+
+    let (workplace, next) =
+        f.registry.list(&pb::ListPersonsRequest { role: pb::Role::Workplace as i32, ..Default::default() }).unwrap();
+    assert_eq!(workplace.len(), 5);
+    assert!(next.is_empty());
+    assert!(workplace.iter().all(|p| p.category == pb::Category::Organisation as i32));
+
+    let err = f.registry.list(&pb::ListPersonsRequest { page_size: 5000, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().starts_with("page_size"), "{err}");
+    let err = f.registry.list(&pb::ListPersonsRequest { page_token: "zz".into(), ..Default::default() }).unwrap_err();
+    assert!(err.to_string().starts_with("page_token"), "{err}");
+    let err = f.registry.list(&pb::ListPersonsRequest { status: 9, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().starts_with("status"), "{err}");
+}
+
+#[test]
+fn every_access_is_audited_in_an_unbroken_chain() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    f.registry.move_in(&move_in(1)).unwrap();
+    f.registry.get(&pb::GetPersonRequest { id_number: move_in(1).id_number }).unwrap();
+    f.registry.list(&pb::ListPersonsRequest::default()).unwrap();
+    assert_eq!(verify_audit_chain(&f.store).unwrap(), 4);
+    let actions: Vec<_> = f.store.audit_entries().map(|e| e.unwrap().action).collect();
+    assert_eq!(actions, ["move_in", "move_in_repeat", "read", "list"]);
+}
+
+#[test]
+fn records_do_not_open_under_another_key() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    let (key, record) = f.store.persons_after(None).next().unwrap().unwrap();
+    let other = DataKey::from_bytes(&[9; 32]);
+    assert!(other.open(&PersonRecordKey(key).encode(), &record.sealed).is_err());
+}

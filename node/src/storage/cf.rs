@@ -1,0 +1,18 @@
+//! Column families: one per concern. Names are part of the on-disk format.
+
+/// Person records at this node, keyed by `person_key`.
+pub const PERSONS: &str = "persons";
+/// Envelopes waiting for a peer's ack, per peer and sequence number.
+pub const OUTBOX: &str = "outbox";
+/// Per-peer channel state: sequence numbers sent, acked and applied.
+pub const CHANNELS: &str = "channels";
+/// Message log, time-ordered, kept for audit and assessment.
+pub const LOG: &str = "log";
+/// Worklist index: what is due when.
+pub const DUE: &str = "due";
+/// Every read or write of personal data, hash-chained.
+pub const AUDIT: &str = "audit";
+/// Schema version, audit chain head, directory cache.
+pub const META: &str = "meta";
+
+pub const ALL: [&str; 7] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, AUDIT, META];

@@ -1,0 +1,15 @@
+//! The ldx wire protocol: generated message types and gRPC services of `ldx.v1`.
+
+/// Generated code of the `ldx.v1` protobuf package.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("ldx.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every ldx proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ldx_descriptor.bin"));
+
+/// Fully qualified gRPC service names, as reflection and health checking list them.
+pub mod service_names {
+    pub const REGISTRY: &str = "ldx.v1.Registry";
+}

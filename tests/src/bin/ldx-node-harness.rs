@@ -1,0 +1,6 @@
+//! `ldx-node` exactly as shipped (the same entry point), built by cargo for these tests so
+//! that they never run a stale binary.
+
+fn main() -> std::process::ExitCode {
+    ldx_node::cli::main()
+}

@@ -1,0 +1,81 @@
+//! `ldx-gateway demo`, the README's first command: it must start, serve synthetic records
+//! on every node, and stop cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::registry_client::RegistryClient;
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_ldx-gateway-harness");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(GATEWAY)
+        .args(["demo", "--persons", "6", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Lines of the node table: DIVISION ROLE http://ADDR NAME.
+    let mut nodes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("demo never became ready");
+        if line.contains("demo federation ready") {
+            break;
+        }
+        let cols: Vec<_> = line.split_whitespace().collect();
+        if cols.len() >= 3 && cols[2].starts_with("http://") {
+            nodes.push((cols[0].to_owned(), cols[1].to_owned(), cols[2].to_owned()));
+        }
+    }
+    assert!(nodes.len() >= 6, "{nodes:?}");
+    let mut destination_total = 0;
+    let mut origin_total = 0;
+    for (division, role, endpoint) in &nodes {
+        let mut client = RegistryClient::connect(endpoint.clone()).await.unwrap();
+        let persons = client
+            .list_persons(pb::ListPersonsRequest { page_size: 1000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .persons;
+        assert!(persons.iter().all(|p| p.division.starts_with(division.as_str())), "{division}");
+        match role.as_str() {
+            "destination" => {
+                assert_eq!(persons.len(), 6, "{division}");
+                destination_total += persons.len();
+            }
+            _ => {
+                assert!(persons.iter().all(|p| p.role == pb::Role::Origin as i32));
+                origin_total += persons.len();
+            }
+        }
+    }
+    assert_eq!(origin_total, destination_total, "every in-migrant has her origin record");
+
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
