@@ -57,7 +57,7 @@ pub fn main() -> ExitCode {
 fn print_ready(nodes: &[demo::DemoNode], root: &std::path::Path) {
     println!("ldx demo federation: {} nodes, files in {}", nodes.len(), root.display());
     println!();
-    println!("{:<10} {:<12} {:<22} {}", "DIVISION", "ROLE", "STAFF API", "NAME");
+    println!("{:<10} {:<12} {:<22} NAME", "DIVISION", "ROLE", "STAFF API");
     for node in nodes {
         let role = if demo::DESTINATIONS.contains(&node.division.as_str()) { "destination" } else { "origin" };
         println!("{:<10} {:<12} {:<22} {}", node.division, role, format!("http://{}", node.api), node.division.name());

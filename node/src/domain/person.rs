@@ -238,9 +238,11 @@ mod tests {
         assert_eq!(m.origin.as_str(), "411421");
     }
 
+    type Mutation = Box<dyn Fn(&mut pb::RegisterMoveInRequest)>;
+
     #[test]
     fn every_field_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::RegisterMoveInRequest)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             ("id_number", Box::new(|r| r.id_number = "110105194912310021".into())),
             ("name", Box::new(|r| r.name = String::new())),
             ("name", Box::new(|r| r.name = "名".repeat(65))),

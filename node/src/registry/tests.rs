@@ -76,12 +76,14 @@ fn a_different_move_in_for_an_active_person_is_refused() {
     assert_eq!(snapshot(&f.store), before);
 }
 
+type Mutation = fn(&mut pb::RegisterMoveInRequest);
+
 #[test]
 fn bad_input_names_the_field_and_stores_nothing() {
     let f = fixture();
     f.registry.move_in(&move_in(1)).unwrap();
     let before = snapshot(&f.store);
-    let cases: [(&str, fn(&mut pb::RegisterMoveInRequest)); 8] = [
+    let cases: [(&str, Mutation); 8] = [
         ("id_number", |r| r.id_number = "410103199001010010".into()),
         ("division", |r| r.division = "410103999".into()),
         ("date", |r| r.date = "2026-02-30".into()),
