@@ -131,7 +131,7 @@ async fn seed(nodes: &[DemoNode], per_node: u32) -> anyhow::Result<()> {
 }
 
 async fn connect(node: &DemoNode) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
-    // The node task may still be between binding and serving; connecting retries until the
-    // listener accepts, which the bound socket's backlog guarantees.
+    // The node task may still be opening its store: the socket is already bound, so the
+    // connection waits in its backlog until the server starts accepting.
     Ok(RegistryClient::connect(format!("http://{}", node.api)).await?)
 }
