@@ -1,10 +1,15 @@
-//! The `ldx-gateway` command line.
+//! The `ldx-gateway` command line. It is the binary's user interface, so it prints.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
-use crate::demo;
+use crate::{demo, directory, pki, server};
 
 #[derive(Debug, Parser)]
 #[command(name = "ldx-gateway", version, about = "ldx district gateway")]
@@ -23,6 +28,86 @@ pub enum Command {
         /// Synthetic in-migrants registered at each destination node.
         #[arg(long, default_value_t = 50)]
         persons: u32,
+    },
+    /// Serve the signed directory (gRPC `ldx.v1.Directory`) until SIGTERM or Ctrl-C.
+    Run {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Address to listen on (plain HTTP/2: the directory is signed, not secret).
+        #[arg(long, env = "LDX_GATEWAY_LISTEN", default_value = "127.0.0.1:7300")]
+        listen: SocketAddr,
+        /// Write the bound address here once listening (useful with port 0).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// The federation CA, federation key and salt, and node certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// The signed directory of nodes: who serves which division, where, with which keys.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+}
+
+/// The PKI directory made by `pki init`.
+#[derive(Debug, Args)]
+pub struct PkiDir {
+    /// PKI directory (holds ca.crt, federation.pub, directory.bin and nodes/).
+    #[arg(long = "pki", env = "LDX_PKI", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the federation CA, federation signing key and federation salt.
+    Init {
+        #[command(flatten)]
+        pki: PkiDir,
+    },
+    /// Issue a node's TLS certificate and signing key into DIR/nodes/CODE/.
+    Issue {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Division code of the node: 6 digits (county) or 9 (street office or township).
+        #[arg(long)]
+        division: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Add a node, or replace its entry.
+    Add {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Division code the node serves.
+        #[arg(long)]
+        division: String,
+        /// The node's peer API, e.g. https://10.0.0.7:7302.
+        #[arg(long)]
+        endpoint: String,
+        /// The node's certificate (PEM) [default: DIR/nodes/CODE/node.crt].
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The node's Ed25519 public key [default: DIR/nodes/CODE/signing.pub].
+        #[arg(long)]
+        signing_pub: Option<PathBuf>,
+    },
+    /// Remove a node.
+    Remove {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Division code of the node.
+        #[arg(long)]
+        division: String,
+    },
+    /// Show the current version and entries.
+    List {
+        #[command(flatten)]
+        pki: PkiDir,
     },
 }
 
@@ -43,6 +128,9 @@ pub fn main() -> ExitCode {
                 let options = demo::DemoOptions { dir, persons_per_node: persons };
                 demo::run(options, ldx_node::cli::shutdown_signal(), print_ready).await
             }
+            Command::Run { pki, listen, addr_file } => run_gateway(pki.dir, listen, addr_file).await,
+            Command::Pki { command } => pki_command(command),
+            Command::Directory { command } => directory_command(command),
         }
     });
     match result {
@@ -70,4 +158,104 @@ fn print_ready(nodes: &[demo::DemoNode], root: &std::path::Path) {
     }
     println!();
     println!("demo federation ready; Ctrl-C stops it");
+}
+
+async fn run_gateway(pki_dir: PathBuf, listen: SocketAddr, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}: cannot listen"))?;
+    let ready = |addr: SocketAddr| match &addr_file {
+        Some(file) => write_atomically(file, &format!("{addr}\n")),
+        None => Ok(()),
+    };
+    let served = server::run_with_ready(pki_dir, listener, ldx_node::cli::shutdown_signal(), ready).await;
+    if let Some(file) = &addr_file {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(served?)
+}
+
+/// Writes via a temporary file and a rename, so a poller never reads half an address.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("--addr-file {}: cannot write: {e}", path.display())))
+}
+
+fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init { pki } => {
+            pki::init(&pki.dir)?;
+            println!("federation created in {}", pki.dir.display());
+            for file in [pki::CA_CERT, pki::CA_KEY, pki::FEDERATION_KEY, pki::FEDERATION_PUB, pki::FEDERATION_SALT] {
+                println!("  {}", pki.dir.join(file).display());
+            }
+            println!();
+            println!(
+                "keep ca.key and federation.key offline; give every node ca.crt, federation.pub and federation.salt"
+            );
+            println!("next: ldx-gateway pki issue --pki {} --division CODE", pki.dir.display());
+        }
+        PkiCommand::Issue { pki, division } => {
+            let issued = pki::issue(&pki.dir, &division)?;
+            println!("issued {division} into {}", issued.dir.display());
+            println!("  certificate  {}", issued.cert_path.display());
+            println!("  tls key      {}", issued.key_path.display());
+            println!("  signing key  {}", issued.signing_key_path.display());
+            println!("  cert sha256  {}", hex::encode(issued.cert_sha256));
+            println!("  signing pub  {}", issued.signing_pub);
+            println!();
+            println!(
+                "next: ldx-gateway directory add --pki {} --division {division} --endpoint https://HOST:PORT",
+                pki.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn directory_command(command: DirectoryCommand) -> anyhow::Result<()> {
+    match command {
+        DirectoryCommand::Add { pki, division, endpoint, cert, signing_pub } => {
+            let node = pki::node_dir(&pki.dir, &division);
+            let cert = cert.unwrap_or_else(|| node.join(pki::NODE_CERT));
+            let signing_pub = signing_pub.unwrap_or_else(|| node.join(pki::SIGNING_PUB));
+            let directory = directory::add(&pki.dir, &division, &endpoint, &cert, &signing_pub)?;
+            println!("directory version {}: {division} at {endpoint}", directory.version());
+        }
+        DirectoryCommand::Remove { pki, division } => {
+            let directory = directory::remove(&pki.dir, &division)?;
+            println!("directory version {}: {division} removed", directory.version());
+        }
+        DirectoryCommand::List { pki } => print_directory(directory::load(&pki.dir)?.as_ref()),
+    }
+    Ok(())
+}
+
+fn print_directory(directory: Option<&ldx_proto::directory::Directory>) {
+    let Some(directory) = directory else {
+        println!("directory version 0: no entries yet");
+        return;
+    };
+    let issued = chrono::DateTime::from_timestamp_millis(directory.issued_at_ms())
+        .map_or_else(|| directory.issued_at_ms().to_string(), |t| t.to_rfc3339());
+    println!("directory version {}, issued {issued}", directory.version());
+    println!();
+    // The name goes last: its Chinese characters are two columns wide each.
+    println!("{:<10} {:<30} {:<17} {:<17} NAME", "DIVISION", "ENDPOINT", "CERT SHA256", "SIGNING KEY");
+    for entry in directory.entries() {
+        let name = ldx_node::domain::Division::parse("division", &entry.division).map_or("", |d| d.name());
+        println!(
+            "{:<10} {:<30} {:<17} {:<17} {name}",
+            entry.division,
+            entry.endpoint,
+            prefix_hex(&entry.tls_cert_sha256),
+            prefix_hex(&entry.signing_key),
+        );
+    }
+}
+
+/// The first 8 bytes in hex and an ellipsis: enough to compare by eye.
+fn prefix_hex(bytes: &[u8]) -> String {
+    format!("{}…", hex::encode(&bytes[..bytes.len().min(8)]))
 }

@@ -54,6 +54,7 @@ impl Person {
             address: self.address.clone(),
             date: date.to_string(),
             household_division: String::new(),
+            urgent: false,
         }
     }
 

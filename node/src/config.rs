@@ -36,6 +36,92 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub peer: PeerConfig,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub exchange: ExchangeConfig,
+    #[serde(default)]
+    pub deadlines: DeadlineConfig,
+}
+
+/// The peer API (`ldx.v1.Exchange`, and `ldx.v1.Monitor` for the gateway): mutual TLS only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Address of the peer API, e.g. `0.0.0.0:7302`. Empty: this node does not sync
+    /// (a standalone registry).
+    #[serde(default)]
+    pub listen: String,
+    /// The federation CA certificate (PEM) that every node certificate chains to.
+    #[serde(default = "defaults::ca_file")]
+    pub ca_file: PathBuf,
+    /// This node's TLS certificate (PEM), issued by `ldx-gateway pki issue`.
+    #[serde(default = "defaults::cert_file")]
+    pub cert_file: PathBuf,
+    /// This node's TLS private key (PEM).
+    #[serde(default = "defaults::key_file")]
+    pub key_file: PathBuf,
+    /// This node's Ed25519 signing key (64 hex digits): signs chain heads and reports.
+    #[serde(default = "defaults::signing_key_file")]
+    pub signing_key_file: PathBuf,
+}
+
+/// Where the signed directory comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The gateway's address, e.g. `http://10.0.0.1:7300`. Empty: use the cached copy only.
+    #[serde(default)]
+    pub gateway: String,
+    /// The federation's Ed25519 public key (64 hex digits) that signs the directory.
+    #[serde(default = "defaults::federation_key_file")]
+    pub federation_key_file: PathBuf,
+    /// How often to ask the gateway for a newer directory, in milliseconds.
+    #[serde(default = "defaults::poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+/// How envelopes travel on channels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// Most envelopes in one batch.
+    #[serde(default = "defaults::batch_max_envelopes")]
+    pub batch_max_envelopes: u32,
+    /// Most bytes in one batch (one larger envelope still travels alone).
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: u32,
+    /// Batches sent and not yet acked, per channel.
+    #[serde(default = "defaults::inflight_batches")]
+    pub inflight_batches: u32,
+    /// First wait after a failed connection, in milliseconds; doubles up to `backoff_max_ms`.
+    #[serde(default = "defaults::backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "defaults::backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+/// Deadlines of answers, in days.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineConfig {
+    /// Feedback to a move-in notice.
+    #[serde(default = "defaults::feedback_days")]
+    pub feedback_days: u32,
+    /// Feedback to a move-in notice marked urgent.
+    #[serde(default = "defaults::feedback_urgent_days")]
+    pub feedback_urgent_days: u32,
+    /// Archive transfer, counted from the separation date.
+    #[serde(default = "defaults::transfer_days")]
+    pub transfer_days: u32,
+    /// An employer's hiring notice.
+    #[serde(default = "defaults::hiring_notice_days")]
+    pub hiring_notice_days: u32,
+    /// Answer to a certificate query.
+    #[serde(default = "defaults::certificate_answer_days")]
+    pub certificate_answer_days: u32,
 }
 
 /// The staff API (`ldx.v1.Registry`).
@@ -85,6 +171,100 @@ mod defaults {
     pub fn log_level() -> String {
         "info".into()
     }
+    pub fn ca_file() -> PathBuf {
+        "pki/ca.crt".into()
+    }
+    pub fn cert_file() -> PathBuf {
+        "pki/node.crt".into()
+    }
+    pub fn key_file() -> PathBuf {
+        "pki/node.key".into()
+    }
+    pub fn signing_key_file() -> PathBuf {
+        "pki/signing.key".into()
+    }
+    pub fn federation_key_file() -> PathBuf {
+        "pki/federation.pub".into()
+    }
+    pub fn poll_interval_ms() -> u64 {
+        5_000
+    }
+    pub fn batch_max_envelopes() -> u32 {
+        1_000
+    }
+    pub fn batch_max_bytes() -> u32 {
+        1 << 20
+    }
+    pub fn inflight_batches() -> u32 {
+        4
+    }
+    pub fn backoff_initial_ms() -> u64 {
+        100
+    }
+    pub fn backoff_max_ms() -> u64 {
+        10_000
+    }
+    pub fn feedback_days() -> u32 {
+        30
+    }
+    pub fn feedback_urgent_days() -> u32 {
+        15
+    }
+    pub fn transfer_days() -> u32 {
+        30
+    }
+    pub fn hiring_notice_days() -> u32 {
+        7
+    }
+    pub fn certificate_answer_days() -> u32 {
+        7
+    }
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            ca_file: defaults::ca_file(),
+            cert_file: defaults::cert_file(),
+            key_file: defaults::key_file(),
+            signing_key_file: defaults::signing_key_file(),
+        }
+    }
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            gateway: String::new(),
+            federation_key_file: defaults::federation_key_file(),
+            poll_interval_ms: defaults::poll_interval_ms(),
+        }
+    }
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_envelopes: defaults::batch_max_envelopes(),
+            batch_max_bytes: defaults::batch_max_bytes(),
+            inflight_batches: defaults::inflight_batches(),
+            backoff_initial_ms: defaults::backoff_initial_ms(),
+            backoff_max_ms: defaults::backoff_max_ms(),
+        }
+    }
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        Self {
+            feedback_days: defaults::feedback_days(),
+            feedback_urgent_days: defaults::feedback_urgent_days(),
+            transfer_days: defaults::transfer_days(),
+            hiring_notice_days: defaults::hiring_notice_days(),
+            certificate_answer_days: defaults::certificate_answer_days(),
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -130,7 +310,16 @@ impl Config {
         let mut config: Config =
             toml::from_str(&merged).map_err(|e| ConfigError::Parse { path: shown, message: e.message().to_owned() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.data_dir, &mut config.data_key_file, &mut config.federation_salt_file] {
+        for p in [
+            &mut config.data_dir,
+            &mut config.data_key_file,
+            &mut config.federation_salt_file,
+            &mut config.peer.ca_file,
+            &mut config.peer.cert_file,
+            &mut config.peer.key_file,
+            &mut config.peer.signing_key_file,
+            &mut config.directory.federation_key_file,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -146,6 +335,34 @@ impl Config {
             rule: e.rule,
         })?;
         self.api_addr()?;
+        self.peer_addr()?;
+        if !self.directory.gateway.is_empty()
+            && !(self.directory.gateway.starts_with("http://") || self.directory.gateway.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "directory.gateway",
+                value: self.directory.gateway.clone(),
+                rule: "must be empty or an http:// or https:// address, e.g. http://10.0.0.1:7300".into(),
+            });
+        }
+        let positive = [
+            ("directory.poll_interval_ms", self.directory.poll_interval_ms),
+            ("exchange.batch_max_envelopes", u64::from(self.exchange.batch_max_envelopes)),
+            ("exchange.batch_max_bytes", u64::from(self.exchange.batch_max_bytes)),
+            ("exchange.inflight_batches", u64::from(self.exchange.inflight_batches)),
+            ("exchange.backoff_initial_ms", self.exchange.backoff_initial_ms),
+            ("exchange.backoff_max_ms", self.exchange.backoff_max_ms),
+            ("deadlines.feedback_days", u64::from(self.deadlines.feedback_days)),
+            ("deadlines.feedback_urgent_days", u64::from(self.deadlines.feedback_urgent_days)),
+            ("deadlines.transfer_days", u64::from(self.deadlines.transfer_days)),
+            ("deadlines.hiring_notice_days", u64::from(self.deadlines.hiring_notice_days)),
+            ("deadlines.certificate_answer_days", u64::from(self.deadlines.certificate_answer_days)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key, value: "0".into(), rule: "must be at least 1".into() });
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| ConfigError::Invalid {
             key: "log.level",
             value: self.log.level.clone(),
@@ -164,6 +381,23 @@ impl Config {
             value: self.api.listen.clone(),
             rule: "must be an IP address and port, e.g. 127.0.0.1:7301".into(),
         })
+    }
+
+    /// The peer API's address, or `None` when this node does not sync.
+    pub fn peer_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.peer.listen.is_empty() {
+            return Ok(None);
+        }
+        self.peer.listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            key: "peer.listen",
+            value: self.peer.listen.clone(),
+            rule: "must be empty or an IP address and port, e.g. 0.0.0.0:7302".into(),
+        })
+    }
+
+    /// Where a running node writes the address its peer API is bound to.
+    pub fn peer_addr_file(&self) -> PathBuf {
+        self.data_dir.join("run").join("peer.addr")
     }
 
     /// Where a running node writes the address its staff API is bound to.
@@ -204,6 +438,31 @@ sync_writes = true
 [log]
 # A level (info, debug) or a tracing directive (ldx_node=debug,info).
 level = "info"
+
+[peer]
+# Peer API (ldx.v1.Exchange), mutual TLS only, e.g. "0.0.0.0:7302". Empty: this node
+# keeps its own records and does not sync.
+listen = ""
+# Files from `ldx-gateway pki issue --division {division}` and the federation CA.
+ca_file = "pki/ca.crt"
+cert_file = "pki/node.crt"
+key_file = "pki/node.key"
+signing_key_file = "pki/signing.key"
+
+[directory]
+# The gateway that serves the signed directory, e.g. "http://10.0.0.1:7300". Empty: use
+# the copy cached in the data directory.
+gateway = ""
+federation_key_file = "pki/federation.pub"
+poll_interval_ms = 5000
+
+[deadlines]
+# Days allowed for answers.
+feedback_days = 30
+feedback_urgent_days = 15
+transfer_days = 30
+hiring_notice_days = 7
+certificate_answer_days = 7
 "#,
             name = division.name(),
         )
@@ -222,6 +481,10 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         api: ApiConfig::default(),
         storage: StorageConfig::default(),
         log: LogConfig::default(),
+        peer: PeerConfig::default(),
+        directory: DirectoryConfig::default(),
+        exchange: ExchangeConfig::default(),
+        deadlines: DeadlineConfig::default(),
     })
     .expect("the config serialises to a table");
     for (var, raw) in env {
@@ -306,6 +569,24 @@ mod tests {
                 ("LDX_API__LISTEN", "127.0.0.1:9000"),
                 ("LDX_STORAGE__SYNC_WRITES", "false"),
                 ("LDX_LOG__LEVEL", "debug"),
+                ("LDX_PEER__LISTEN", "127.0.0.1:7302"),
+                ("LDX_PEER__CA_FILE", "/p/ca.crt"),
+                ("LDX_PEER__CERT_FILE", "/p/node.crt"),
+                ("LDX_PEER__KEY_FILE", "/p/node.key"),
+                ("LDX_PEER__SIGNING_KEY_FILE", "/p/signing.key"),
+                ("LDX_DIRECTORY__GATEWAY", "http://127.0.0.1:7300"),
+                ("LDX_DIRECTORY__FEDERATION_KEY_FILE", "/p/federation.pub"),
+                ("LDX_DIRECTORY__POLL_INTERVAL_MS", "250"),
+                ("LDX_EXCHANGE__BATCH_MAX_ENVELOPES", "10"),
+                ("LDX_EXCHANGE__BATCH_MAX_BYTES", "2048"),
+                ("LDX_EXCHANGE__INFLIGHT_BATCHES", "2"),
+                ("LDX_EXCHANGE__BACKOFF_INITIAL_MS", "5"),
+                ("LDX_EXCHANGE__BACKOFF_MAX_MS", "50"),
+                ("LDX_DEADLINES__FEEDBACK_DAYS", "20"),
+                ("LDX_DEADLINES__FEEDBACK_URGENT_DAYS", "10"),
+                ("LDX_DEADLINES__TRANSFER_DAYS", "25"),
+                ("LDX_DEADLINES__HIRING_NOTICE_DAYS", "5"),
+                ("LDX_DEADLINES__CERTIFICATE_ANSWER_DAYS", "3"),
                 ("LDX_CONFIG", "ignored"),
                 ("PATH", "ignored"),
             ]),
@@ -318,11 +599,29 @@ mod tests {
         assert_eq!(config.api.listen, "127.0.0.1:9000");
         assert!(!config.storage.sync_writes);
         assert_eq!(config.log.level, "debug");
+        assert_eq!(config.peer_addr().unwrap().unwrap().port(), 7302);
+        assert_eq!(config.peer.ca_file, PathBuf::from("/p/ca.crt"));
+        assert_eq!(config.peer.cert_file, PathBuf::from("/p/node.crt"));
+        assert_eq!(config.peer.key_file, PathBuf::from("/p/node.key"));
+        assert_eq!(config.peer.signing_key_file, PathBuf::from("/p/signing.key"));
+        assert_eq!(config.directory.gateway, "http://127.0.0.1:7300");
+        assert_eq!(config.directory.federation_key_file, PathBuf::from("/p/federation.pub"));
+        assert_eq!(config.directory.poll_interval_ms, 250);
+        assert_eq!(config.exchange.batch_max_envelopes, 10);
+        assert_eq!(config.exchange.batch_max_bytes, 2048);
+        assert_eq!(config.exchange.inflight_batches, 2);
+        assert_eq!(config.exchange.backoff_initial_ms, 5);
+        assert_eq!(config.exchange.backoff_max_ms, 50);
+        assert_eq!(config.deadlines.feedback_days, 20);
+        assert_eq!(config.deadlines.feedback_urgent_days, 10);
+        assert_eq!(config.deadlines.transfer_days, 25);
+        assert_eq!(config.deadlines.hiring_notice_days, 5);
+        assert_eq!(config.deadlines.certificate_answer_days, 3);
 
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 7, "a new config key needs an override case above");
+        assert_eq!(count, 25, "a new config key needs an override case above");
     }
 
     #[test]
@@ -337,6 +636,9 @@ mod tests {
             ("division = \"410103007\"\n", vec![("LDX_STORAGE__SYNC_WRITES", "maybe")], "LDX_STORAGE__SYNC_WRITES"),
             ("division = \"410103007\"\n", vec![("LDX_API__PORT", "1")], "LDX_API__PORT: api.port is not a config key"),
             ("data_dir = \"x\"\n", vec![], "division"),
+            ("division = \"410103007\"\n[peer]\nlisten = \"x\"\n", vec![], "config key peer.listen"),
+            ("division = \"410103007\"\n[directory]\ngateway = \"10.0.0.1\"\n", vec![], "config key directory.gateway"),
+            ("division = \"410103007\"\n", vec![("LDX_EXCHANGE__INFLIGHT_BATCHES", "0")], "exchange.inflight_batches"),
         ];
         for (text, vars, expected) in cases {
             let path = write(dir.path(), text);

@@ -1,35 +1,58 @@
-//! One running node: opens its keys and store, serves its APIs on the listener it is
-//! given, and stops cleanly when `shutdown` resolves.
+//! One running node: opens its keys and store, serves the staff API on the listener it is
+//! given and, when the config names a peer listener, the peer API with its channels; stops
+//! cleanly when `shutdown` resolves.
 
-use std::{future::Future, path::Path, sync::Arc};
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
+use ldx_proto::identity::{KeyFileError, PublicKey, SignKey};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::crypto::{DataKey, FederationSalt, KeyError};
+use crate::directory::{DirectoryWatch, DirectoryWatchError};
+use crate::exchange::Stats;
+use crate::exchange::receiver::ExchangeService;
+use crate::exchange::sender::{SenderContext, supervise};
+use crate::exchange::tls::{PeerTls, TlsFileError};
+use crate::grpc::monitor::MonitorService;
 use crate::grpc::registry::RegistryService;
-use crate::registry::Registry;
+use crate::registry::{ExchangeHooks, Registry};
 use crate::storage::{StorageError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("config key {key}: {source}")]
     Key { key: &'static str, source: KeyError },
+    #[error("config key {key}: {source}")]
+    SigningKey { key: &'static str, source: KeyFileError },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsFileError),
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryWatchError),
     #[error("cannot open the store in {path}: {source}")]
     Store { path: String, source: StorageError },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("serving the staff API: {0}")]
+    #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Serves the node until `shutdown` resolves. The caller binds `api` (port 0 in tests), so
-/// the bound address is known before anything starts.
+/// the bound address is known before anything starts; the peer listener is bound here from
+/// `peer.listen` and its address written to the data directory.
 pub async fn run(
     config: Config,
     clock: Arc<dyn Clock>,
@@ -41,20 +64,73 @@ pub async fn run(
     let salt = FederationSalt::load(&config.federation_salt_file)
         .map_err(|source| NodeError::Key { key: "federation_salt_file", source })?;
     let division = config.division();
+    let store_error = |source| NodeError::Store { path: config.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| NodeError::Io { what: format!("cannot create {}", config.data_dir.display()), source })?;
-    let store = Store::open(&config.data_dir, division.as_str(), config.storage.sync_writes)
-        .map_err(|source| NodeError::Store { path: config.data_dir.display().to_string(), source })?;
-    let store = Arc::new(store);
-    let registry = Registry::new(store.clone(), data_key, salt, clock, division.clone())
-        .map_err(|source| NodeError::Store { path: config.data_dir.display().to_string(), source })?;
-    let registry = RegistryService::new(Arc::new(registry)).into_server();
+    let store =
+        Arc::new(Store::open(&config.data_dir, division.as_str(), config.storage.sync_writes).map_err(store_error)?);
+    let mut registry = Registry::new(store.clone(), data_key, salt, clock, division.clone()).map_err(store_error)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // The peer side: directory, channels and the mutual-TLS listener.
+    let stats = Stats::default();
+    let mut peer = None;
+    if let Some(peer_addr) = config.peer_addr()? {
+        let tls = PeerTls::load(&config.peer)?;
+        let signing_key = SignKey::load(&config.peer.signing_key_file)
+            .map_err(|source| NodeError::SigningKey { key: "peer.signing_key_file", source })?;
+        let federation = PublicKey::load(&config.directory.federation_key_file)
+            .map_err(|source| NodeError::SigningKey { key: "directory.federation_key_file", source })?;
+        let gateway = Some(config.directory.gateway.clone()).filter(|g| !g.is_empty());
+        let poll = Duration::from_millis(config.directory.poll_interval_ms);
+        let directory = DirectoryWatch::start(store.clone(), federation, gateway, poll, stopped(stop_rx.clone()))?;
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        let routes = directory.clone();
+        let router =
+            Arc::new(move |code: &str| routes.current().and_then(|d| d.route(code).map(|e| e.division.clone())));
+        registry = registry.with_exchange(ExchangeHooks { router, wake, deadlines: config.deadlines.clone() });
+        let listener = TcpListener::bind(peer_addr)
+            .await
+            .map_err(|source| NodeError::Io { what: format!("cannot listen on peer.listen {peer_addr}"), source })?;
+        peer = Some((listener, tls, signing_key, directory, woken));
+    }
+    let registry = Arc::new(registry);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
+    let monitor_directory = peer.as_ref().map(|p| p.3.clone());
+    let monitor = MonitorService::new(registry.clone(), monitor_directory, stats.clone());
+
+    let mut peer_server = None;
+    if let Some((listener, tls, signing_key, directory, woken)) = peer {
+        let addr = listener.local_addr().map_err(|source| NodeError::Io { what: "peer listener".into(), source })?;
+        let ctx = SenderContext {
+            registry: registry.clone(),
+            directory: directory.clone(),
+            tls: tls.clone(),
+            signing_key,
+            config: config.exchange.clone(),
+            stats: stats.clone(),
+        };
+        tokio::spawn(supervise(ctx, woken, stop_rx.clone()));
+        let served = Server::builder()
+            .tls_config(tls.server())?
+            .add_service(health_service.clone())
+            .add_service(ExchangeService::new(registry.clone(), directory, stop_rx.clone()).into_server())
+            .add_service(monitor.clone().into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+        write_atomically(&config.peer_addr_file(), &format!("{addr}\n"))?;
+        tracing::info!(division = %division, peer = %addr, "peer API serving (mutual TLS)");
+        peer_server = Some(tokio::spawn(served));
+    }
+
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
-
     let addr = api.local_addr().map_err(|source| NodeError::Io { what: "api listener".into(), source })?;
     let addr_file = config.api_addr_file();
     write_atomically(&addr_file, &format!("{addr}\n"))?;
@@ -64,11 +140,19 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(registry)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(api), shutdown)
+        .add_service(RegistryService::new(registry.clone()).into_server())
+        .add_service(monitor.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(stop_rx.clone()))
         .await;
     let _ = std::fs::remove_file(&addr_file);
+    if let Some(peer_server) = peer_server {
+        let _ = std::fs::remove_file(config.peer_addr_file());
+        peer_server
+            .await
+            .map_err(|e| NodeError::Io { what: "peer API task".into(), source: std::io::Error::other(e) })??;
+    }
     served?;
+    drop(registry);
     drop(store);
     tracing::info!(division = %division, "node stopped");
     Ok(())

@@ -1,6 +1,7 @@
 //! The registry of one node: registrations, move-outs and services, with every access to
 //! personal data written to the hash-chained audit log in the same batch.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
@@ -12,8 +13,16 @@ use crate::clock::{Clock, day_number, from_day_number};
 use crate::crypto::{DataKey, FederationSalt, OpenError, PersonKey};
 use crate::domain::{Division, InvalidField, MoveIn, MoveOut, ServiceGiven};
 use crate::storage::keys::PersonRecordKey;
-use crate::storage::records::{AuditEntry, AuditHead, PersonRecord, PersonSecret, ServiceEntry};
+use crate::storage::records::{AuditEntry, AuditHead, OutChannel, PersonRecord, PersonSecret, ServiceEntry};
 use crate::storage::{Batch, StorageError, Store};
+
+mod apply;
+mod flows;
+mod sync;
+
+pub use apply::{ApplyError, ApplyOutcome};
+use sync::Txn;
+pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
 
 /// Default and largest page of `ListPersons`.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;
@@ -33,12 +42,18 @@ pub enum RegistryError {
     Storage(#[from] StorageError),
     #[error("person record: {0}")]
     Sealed(#[from] OpenError),
+    #[error("this node does not sync with other nodes (config key peer.listen is empty)")]
+    NotSyncing,
 }
 
 /// Serialises writes and carries the head of the audit chain between them.
 #[derive(Debug)]
 struct Writer {
     audit: AuditHead,
+    /// Outbound channels: chain head and acked seq, as committed.
+    out: HashMap<String, OutChannel>,
+    /// Index of the last message-log entry.
+    log_head: u64,
 }
 
 #[derive(Debug)]
@@ -49,6 +64,7 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     division: Division,
     writer: Mutex<Writer>,
+    exchange: Option<ExchangeHooks>,
 }
 
 impl Registry {
@@ -60,7 +76,10 @@ impl Registry {
         division: Division,
     ) -> Result<Self, StorageError> {
         let audit = store.audit_head()?;
-        Ok(Self { store, data_key, salt, clock, division, writer: Mutex::new(Writer { audit }) })
+        let out = store.out_channels()?.into_iter().collect();
+        let log_head = store.log_head()?;
+        let writer = Mutex::new(Writer { audit, out, log_head });
+        Ok(Self { store, data_key, salt, clock, division, writer, exchange: None })
     }
 
     pub fn division(&self) -> &Division {
@@ -79,7 +98,7 @@ impl Registry {
         let m = MoveIn::validate(req, &self.division, self.clock.today())?;
         let key = self.salt.person_key(m.id.as_str());
         let mut writer = self.lock();
-        let mut services = Vec::new();
+        let mut earlier = PersonSecret::default();
         if let Some(existing) = self.store.person(&key)? {
             let secret = self.open(&key, &existing)?;
             if existing.status == pb::PersonStatus::Active as i32 {
@@ -92,16 +111,18 @@ impl Registry {
                     role: role_name(existing.role),
                 });
             }
-            services = secret.services;
+            earlier = secret;
         }
+        // A new registration after a move-out keeps her service history and certificate.
         let secret = PersonSecret {
             id_number: m.id.as_str().to_owned(),
-            name: m.name,
-            phone: m.phone,
-            address: m.address,
-            services,
+            name: m.name.clone(),
+            phone: m.phone.clone(),
+            address: m.address.clone(),
+            services: earlier.services,
+            certificate_number: earlier.certificate_number,
         };
-        let record = PersonRecord {
+        let mut record = PersonRecord {
             person_key: key.0.to_vec(),
             role: m.role.to_proto() as i32,
             category: m.category.to_proto() as i32,
@@ -113,10 +134,15 @@ impl Registry {
             next_division: String::new(),
             updated_at_ms: self.clock.now().timestamp_millis(),
             sealed: self.seal(&key, &secret),
+            sync: None,
         };
-        let mut batch = self.store.batch();
-        batch.put_person(&key, &record);
-        self.commit_audit(&mut writer, batch, "move_in", Some(&key))?;
+        let mut txn = Txn::new(self.store.batch());
+        if m.role != crate::domain::Role::Origin {
+            self.notify_move_in(&writer, &mut txn, &key, &mut record, &secret, &m, req.urgent);
+        }
+        txn.put_person(&key, record.clone());
+        txn.audit("move_in", Some(&key));
+        self.commit_txn(&mut writer, txn)?;
         tracing::info!(person = ?key, role = role_name(record.role), "move-in registered");
         Ok((self.view(&record, secret), true))
     }
@@ -143,9 +169,13 @@ impl Registry {
         record.move_out_day = Some(day_number(m.date));
         record.next_division = m.next_division.map(|d| d.as_str().to_owned()).unwrap_or_default();
         record.updated_at_ms = self.clock.now().timestamp_millis();
-        let mut batch = self.store.batch();
-        batch.put_person(&key, &record);
-        self.commit_audit(&mut writer, batch, "move_out", Some(&key))?;
+        let mut txn = Txn::new(self.store.batch());
+        if record.role != pb::Role::Origin as i32 {
+            self.notify_move_out(&writer, &mut txn, &key, &record);
+        }
+        txn.put_person(&key, record.clone());
+        txn.audit("move_out", Some(&key));
+        self.commit_txn(&mut writer, txn)?;
         tracing::info!(person = ?key, "move-out registered");
         Ok(self.view(&record, secret))
     }
@@ -251,26 +281,31 @@ impl Registry {
     fn commit_audit(
         &self,
         writer: &mut Writer,
-        mut batch: Batch<'_>,
+        batch: Batch<'_>,
         action: &str,
         person: Option<&PersonKey>,
     ) -> Result<(), StorageError> {
-        let entry = AuditEntry {
-            seq: writer.audit.seq + 1,
-            at_ms: self.clock.now().timestamp_millis(),
-            action: action.to_owned(),
-            person_key: person.map(|k| k.0.to_vec()).unwrap_or_default(),
-            prev_hash: writer.audit.hash.clone(),
-        };
-        let head = AuditHead { seq: entry.seq, hash: audit_hash(&entry) };
-        batch.put_audit(&entry, &head);
-        batch.commit()?;
-        writer.audit = head;
-        Ok(())
+        let mut txn = Txn::new(batch);
+        txn.audit(action, person);
+        self.commit_txn(writer, txn)
     }
 
     fn view(&self, record: &PersonRecord, secret: PersonSecret) -> pb::Person {
+        let day = |d: Option<i32>| d.map(|d| from_day_number(d).to_string()).unwrap_or_default();
+        let sync = record.sync.clone().unwrap_or_default();
+        let sync = pb::SyncState {
+            notified_by: sync.notified_by,
+            notified_division: sync.notified_division,
+            feedback: sync.feedback,
+            feedback_due: day(sync.feedback_due_day),
+            certificate: sync.certificate,
+            certificate_number: secret.certificate_number.clone(),
+            certificate_valid_until: day(sync.certificate_valid_until_day),
+            transfer: sync.transfer,
+            transfer_peer: sync.transfer_peer,
+        };
         pb::Person {
+            sync: Some(sync),
             person_key: hex::encode(&record.person_key),
             id_number: secret.id_number,
             name: secret.name,
@@ -350,5 +385,7 @@ fn filter(field: &'static str, raw: i32, known: bool) -> Result<Option<i32>, Inv
     }
 }
 
+#[cfg(test)]
+mod exchange_tests;
 #[cfg(test)]
 mod tests;

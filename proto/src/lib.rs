@@ -1,4 +1,9 @@
-//! The ldx wire protocol: generated message types and gRPC services of `ldx.v1`.
+//! The ldx wire protocol: generated message types and gRPC services of `ldx.v1`, and the
+//! identities, signatures and hash chains that make its messages trustworthy.
+
+pub mod chain;
+pub mod directory;
+pub mod identity;
 
 /// Generated code of the `ldx.v1` protobuf package.
 pub mod v1 {
@@ -12,4 +17,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// Fully qualified gRPC service names, as reflection and health checking list them.
 pub mod service_names {
     pub const REGISTRY: &str = "ldx.v1.Registry";
+    pub const EXCHANGE: &str = "ldx.v1.Exchange";
+    pub const MONITOR: &str = "ldx.v1.Monitor";
+    pub const DIRECTORY: &str = "ldx.v1.Directory";
 }

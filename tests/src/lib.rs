@@ -12,6 +12,8 @@ use ldx_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+pub mod cluster;
+
 /// How long a node may take to start serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -168,10 +170,15 @@ impl Drop for TestNode {
 }
 
 async fn serving(endpoint: &str) -> bool {
+    serving_service(endpoint, ldx_proto::service_names::REGISTRY).await
+}
+
+/// Whether the gRPC health check of `service` at `endpoint` (plain HTTP/2) says SERVING.
+pub async fn serving_service(endpoint: &str, service: &str) -> bool {
     let Ok(channel) = Channel::from_shared(endpoint.to_owned()) else { return false };
     let Ok(channel) = channel.connect().await else { return false };
     let mut health = HealthClient::new(channel);
-    let request = HealthCheckRequest { service: ldx_proto::service_names::REGISTRY.to_owned() };
+    let request = HealthCheckRequest { service: service.to_owned() };
     matches!(
         health.check(request).await,
         Ok(resp) if resp.get_ref().status == ServingStatus::Serving as i32

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, anyhow};
 use ldx_proto::v1 as pb;
+use ldx_proto::v1::monitor_client::MonitorClient;
 use ldx_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
@@ -29,6 +30,7 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
                 address: a.address,
                 date: a.date.unwrap_or_else(today),
                 household_division: a.household_division.unwrap_or_default(),
+                urgent: a.urgent,
             };
             let resp = client.register_move_in(req).await.map_err(status)?.into_inner();
             let person = resp.person.context("the node answered without a person")?;
@@ -60,6 +62,19 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
             };
             output::person_list(&persons, &next, args.json);
         }
+        PersonCommand::Transfer { id, residence_division, separation_date } => {
+            let req = pb::TransferArchiveRequest { id_number: id, residence_division, separation_date };
+            let resp = client.transfer_archive(req).await.map_err(status)?;
+            output::person(&resp.into_inner().person.context("the node answered without a person")?, args.json);
+        }
+        PersonCommand::Certificate { id, issue } => {
+            let resp =
+                client.query_certificate(pb::QueryCertificateRequest { id_number: id, issue }).await.map_err(status)?;
+            if !args.json {
+                println!("query sent to her origin; the answer will show on this record");
+            }
+            output::person(&resp.into_inner().person.context("the node answered without a person")?, args.json);
+        }
         PersonCommand::MoveOut { id, date, next_division } => {
             let req =
                 pb::RegisterMoveOutRequest { id_number: id, date, next_division: next_division.unwrap_or_default() };
@@ -68,6 +83,27 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+pub async fn channel_status(args: &ClientArgs) -> anyhow::Result<()> {
+    let (channel, _) = connect_channel(args).await?;
+    let report = MonitorClient::new(channel).status(pb::StatusRequest {}).await.map_err(status)?.into_inner();
+    output::status_report(&report, args.json);
+    Ok(())
+}
+
+pub async fn log(args: &ClientArgs, after: u64, all: bool) -> anyhow::Result<()> {
+    let (channel, _) = connect_channel(args).await?;
+    let mut client = MonitorClient::new(channel);
+    let mut after = after;
+    loop {
+        let page = client.list_log(pb::ListLogRequest { after, limit: 1000 }).await.map_err(status)?.into_inner();
+        output::log_entries(&page.entries);
+        match page.entries.last() {
+            Some(last) if all => after = last.index,
+            _ => return Ok(()),
+        }
+    }
 }
 
 pub async fn service(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<()> {
@@ -108,6 +144,11 @@ fn status(s: tonic::Status) -> anyhow::Error {
 /// Connects to `--endpoint`, or to the node whose config is `--config` (at the address the
 /// running node wrote into its data directory, else the configured one).
 async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, Option<Config>)> {
+    let (channel, config) = connect_channel(args).await?;
+    Ok((RegistryClient::new(channel), config))
+}
+
+async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
     let (endpoint, config) = match &args.endpoint {
         Some(e) if e.contains("://") => (e.clone(), None),
         Some(e) => (format!("http://{e}"), None),
@@ -120,8 +161,10 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, 
             (format!("http://{addr}"), Some(config))
         }
     };
-    let client = RegistryClient::connect(endpoint.clone())
+    let channel = Channel::from_shared(endpoint.clone())
+        .with_context(|| format!("{endpoint} is not a valid address"))?
+        .connect()
         .await
         .with_context(|| format!("cannot reach the node at {endpoint}; is it running?"))?;
-    Ok((client, config))
+    Ok((channel, config))
 }

@@ -48,6 +48,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Replication status: every channel's head, acked and pending envelopes, and errors.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The message log: every envelope sent, applied or refused, one tab-separated line each
+    /// (index, direction, peer, to, seq, kind, person key, reason).
+    Log {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Start after this index.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Print every entry from --after on (default: one page of 1000).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// How staff subcommands reach the node.
@@ -75,6 +92,25 @@ pub enum PersonCommand {
     },
     /// List persons.
     List(PersonListArgs),
+    /// At her workplace: hand her archive over to her residence node after she left the
+    /// employer (移交管理).
+    Transfer {
+        /// 18-digit resident ID number.
+        id: String,
+        /// Her residence division (street office, township or county).
+        #[arg(long)]
+        residence_division: String,
+        /// Date she left the employer, YYYY-MM-DD.
+        #[arg(long)]
+        separation_date: String,
+    },
+    /// Ask her origin about her certificate; with --issue, ask it to issue one (free).
+    Certificate {
+        /// 18-digit resident ID number.
+        id: String,
+        #[arg(long)]
+        issue: bool,
+    },
     /// Register a move-out.
     MoveOut {
         /// 18-digit resident ID number.
@@ -112,6 +148,9 @@ pub struct PersonAddArgs {
     /// Household-registration division, when it differs from the ID's first six digits.
     #[arg(long)]
     pub household_division: Option<String>,
+    /// Ask her origin for feedback urgently (shorter deadline).
+    #[arg(long)]
+    pub urgent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +273,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => run_node(&config).await,
         Command::Person { client, command } => client::person(&client, command).await,
         Command::Service { client, command } => client::service(&client, command).await,
+        Command::Status { client } => client::channel_status(&client).await,
+        Command::Log { client, after, all } => client::log(&client, after, all).await,
     }
 }
 

@@ -26,6 +26,31 @@ pub fn person(p: &pb::Person, as_json: bool) {
     for (label, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
         println!("{label:<14} {value}");
     }
+    let sync = p.sync.clone().unwrap_or_default();
+    let certificate = match pb::CertificateStatus::try_from(sync.certificate) {
+        Ok(pb::CertificateStatus::Unspecified) | Err(_) => String::new(),
+        Ok(c) => format!("{} {} {}", certificate(c as i32), sync.certificate_number, sync.certificate_valid_until)
+            .trim()
+            .to_owned(),
+    };
+    let sync_rows = [
+        ("notified by", format!("{} {}", sync.notified_by, sync.notified_division).trim().to_owned()),
+        (
+            "feedback",
+            format!(
+                "{} {}",
+                sync.feedback,
+                if sync.feedback == "awaiting" { format!("by {}", sync.feedback_due) } else { String::new() }
+            )
+            .trim()
+            .to_owned(),
+        ),
+        ("certificate", certificate),
+        ("transfer", format!("{} {}", sync.transfer, sync.transfer_peer).trim().to_owned()),
+    ];
+    for (label, value) in sync_rows.iter().filter(|(_, v)| !v.is_empty()) {
+        println!("{label:<14} {value}");
+    }
     for s in &p.services {
         println!(
             "{:<14} {} {}{}",
@@ -114,7 +139,136 @@ fn person_json(p: &pb::Person) -> serde_json::Value {
         "services": p.services.iter().map(|s| json!({
             "kind": service_kind(s.kind), "date": s.date, "details": s.details,
         })).collect::<Vec<_>>(),
+        "sync": p.sync.as_ref().map(|s| json!({
+            "notified_by": s.notified_by,
+            "notified_division": s.notified_division,
+            "feedback": s.feedback,
+            "feedback_due": s.feedback_due,
+            "certificate": certificate(s.certificate),
+            "certificate_number": s.certificate_number,
+            "certificate_valid_until": s.certificate_valid_until,
+            "transfer": s.transfer,
+            "transfer_peer": s.transfer_peer,
+        })),
     })
+}
+
+fn certificate(v: i32) -> &'static str {
+    match pb::CertificateStatus::try_from(v) {
+        Ok(pb::CertificateStatus::None) => "none",
+        Ok(pb::CertificateStatus::Valid) => "valid",
+        Ok(pb::CertificateStatus::UnknownPerson) => "unknown-person",
+        _ => "",
+    }
+}
+
+/// Age of a UTC-millisecond instant relative to `now`, e.g. `3.2s ago`; `never` for 0.
+fn ago(at_ms: i64, now_ms: i64) -> String {
+    if at_ms == 0 {
+        return "never".into();
+    }
+    duration((now_ms - at_ms).max(0)) + " ago"
+}
+
+fn duration(ms: i64) -> String {
+    match ms {
+        ms if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms if ms < 3_600_000 => format!("{}s", ms / 1000),
+        ms => format!("{:.1}h", ms as f64 / 3_600_000.0),
+    }
+}
+
+/// `ldx-node status`: the node's channels with exact lag.
+pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
+    if as_json {
+        let out: Vec<_> = s
+            .outbound
+            .iter()
+            .map(|c| {
+                json!({
+                    "peer": c.peer, "head_seq": c.head_seq, "acked_seq": c.acked_seq, "pending": c.pending,
+                    "oldest_pending_age_ms": c.oldest_pending_age_ms, "last_contact_ms": c.last_contact_ms,
+                    "last_error": c.last_error, "bytes_sent": c.bytes_sent, "envelopes_sent": c.envelopes_sent,
+                })
+            })
+            .collect();
+        let inb: Vec<_> = s
+            .inbound
+            .iter()
+            .map(|c| {
+                json!({
+                    "peer": c.peer, "to": c.to, "applied_seq": c.applied_seq,
+                    "last_applied_ms": c.last_applied_ms, "refused": c.refused,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "division": s.division, "directory_version": s.directory_version,
+                "directory_fetched_ms": s.directory_fetched_ms, "now_ms": s.now_ms,
+                "outbound": out, "inbound": inb,
+            })
+        );
+        return;
+    }
+    println!(
+        "node {}  directory version {} (fetched {})",
+        s.division,
+        s.directory_version,
+        ago(s.directory_fetched_ms, s.now_ms)
+    );
+    println!("\noutbound channels");
+    let header = ["PEER", "HEAD", "ACKED", "PENDING", "OLDEST PENDING", "LAST CONTACT", "SENT", "LAST ERROR"];
+    let rows: Vec<[String; 8]> = s
+        .outbound
+        .iter()
+        .map(|c| {
+            [
+                c.peer.clone(),
+                c.head_seq.to_string(),
+                c.acked_seq.to_string(),
+                c.pending.to_string(),
+                if c.pending == 0 { "-".into() } else { duration(c.oldest_pending_age_ms) },
+                ago(c.last_contact_ms, s.now_ms),
+                format!("{} ({} B)", c.envelopes_sent, c.bytes_sent),
+                c.last_error.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+    println!("\ninbound channels");
+    let header = ["PEER", "TO", "APPLIED", "REFUSED", "LAST APPLIED"];
+    let rows: Vec<[String; 5]> = s
+        .inbound
+        .iter()
+        .map(|c| {
+            [
+                c.peer.clone(),
+                c.to.clone(),
+                c.applied_seq.to_string(),
+                c.refused.to_string(),
+                ago(c.last_applied_ms, s.now_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+}
+
+/// `ldx-node log`: one tab-separated line per entry, for people and scripts alike.
+pub fn log_entries(entries: &[pb::LogEntry]) {
+    for e in entries {
+        let direction = match pb::Direction::try_from(e.direction) {
+            Ok(pb::Direction::Sent) => "sent",
+            Ok(pb::Direction::Applied) => "applied",
+            Ok(pb::Direction::Refused) => "refused",
+            _ => "unknown",
+        };
+        println!(
+            "{}\t{direction}\t{}\t{}\t{}\t{}\t{}\t{}",
+            e.index, e.peer, e.to, e.seq, e.kind, e.person_key, e.reason
+        );
+    }
 }
 
 fn role(v: i32) -> &'static str {

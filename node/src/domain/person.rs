@@ -220,6 +220,7 @@ mod tests {
             address: "大学路 1 号".into(),
             date: "2026-03-01".into(),
             household_division: String::new(),
+            urgent: false,
         }
     }
 

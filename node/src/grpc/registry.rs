@@ -87,4 +87,24 @@ impl registry_server::Registry for RegistryService {
         let (persons, next_page_token) = self.run(move |r| r.list(&req)).await?;
         Ok(Response::new(pb::ListPersonsResponse { persons, next_page_token }))
     }
+
+    #[instrument(skip_all, name = "transfer_archive")]
+    async fn transfer_archive(
+        &self,
+        request: Request<pb::TransferArchiveRequest>,
+    ) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.transfer_archive(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
+
+    #[instrument(skip_all, name = "query_certificate")]
+    async fn query_certificate(
+        &self,
+        request: Request<pb::QueryCertificateRequest>,
+    ) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.query_certificate(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
 }

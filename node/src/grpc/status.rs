@@ -10,7 +10,7 @@ pub fn from_registry(err: RegistryError) -> Status {
         RegistryError::Invalid(_) => Code::InvalidArgument,
         RegistryError::NotFound => Code::NotFound,
         RegistryError::AlreadyRegistered { .. } => Code::AlreadyExists,
-        RegistryError::MovedOut { .. } => Code::FailedPrecondition,
+        RegistryError::MovedOut { .. } | RegistryError::NotSyncing => Code::FailedPrecondition,
         RegistryError::Storage(_) | RegistryError::Sealed(_) => {
             tracing::error!(error = %err, "registry request failed inside the node");
             return Status::internal("the node could not complete the request; see its log");

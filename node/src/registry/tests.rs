@@ -34,6 +34,7 @@ fn move_in(n: u32) -> pb::RegisterMoveInRequest {
         address: format!("大学路 {n} 号"),
         date: "2026-03-01".into(),
         household_division: String::new(),
+        urgent: false,
     }
 }
 

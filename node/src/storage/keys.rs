@@ -16,6 +16,20 @@ mod kind {
     pub const AUDIT_HEAD: u8 = 0x02;
     /// `meta`: the division this data directory belongs to.
     pub const NODE_DIVISION: u8 = 0x03;
+    /// `meta`: the last verified signed directory.
+    pub const DIRECTORY: u8 = 0x04;
+    /// `meta`: index of the last message-log entry.
+    pub const LOG_HEAD: u8 = 0x05;
+    /// `outbox`: an envelope waiting for the peer's ack.
+    pub const OUTBOX_ENVELOPE: u8 = 0x01;
+    /// `channels`: state of a channel this node sends on.
+    pub const CHANNEL_OUT: u8 = 0x01;
+    /// `channels`: state of a channel this node receives on.
+    pub const CHANNEL_IN: u8 = 0x02;
+    /// `log`: one message-log entry.
+    pub const LOG_ENTRY: u8 = 0x01;
+    /// `due`: an answer this node waits for, or owes.
+    pub const DUE_ITEM: u8 = 0x01;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +65,23 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, KeyDecodeError> {
         Ok(u64::from_be_bytes(self.take()?))
+    }
+
+    /// Length-prefixed (one byte) bytes.
+    fn bytes(&mut self) -> Result<&'a [u8], KeyDecodeError> {
+        let [len] = self.take::<1>()?;
+        let len = usize::from(len);
+        if self.rest.len() < len {
+            return Err(KeyDecodeError { what: self.what, why: "too short" });
+        }
+        let (head, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn text(&mut self) -> Result<String, KeyDecodeError> {
+        let what = self.what;
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| KeyDecodeError { what, why: "not UTF-8" })
     }
 
     fn finish(self) -> Result<(), KeyDecodeError> {
@@ -103,12 +134,154 @@ impl AuditKey {
     }
 }
 
+/// Appends `bytes` with a one-byte length prefix. Division codes are at most 9 bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u8::try_from(bytes.len()).expect("key parts are short division codes");
+    out.push(len);
+    out.extend_from_slice(bytes);
+}
+
+/// `outbox`: kind ‖ peer (length-prefixed) ‖ seq (u64 BE). One channel's envelopes are
+/// contiguous and in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OutboxKey {
+    pub peer: String,
+    pub seq: u64,
+}
+
+impl OutboxKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Self::channel_prefix(&self.peer);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        let mut r = Reader::new("outbox", bytes, kind::OUTBOX_ENVELOPE)?;
+        let peer = r.text()?;
+        let seq = r.u64()?;
+        r.finish()?;
+        Ok(Self { peer, seq })
+    }
+
+    /// Prefix of every envelope of the channel to `peer`.
+    pub fn channel_prefix(peer: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + peer.len() + 8);
+        out.push(kind::OUTBOX_ENVELOPE);
+        put_bytes(&mut out, peer.as_bytes());
+        out
+    }
+}
+
+/// `channels`: state of a channel, outbound (kind ‖ peer) or inbound (kind ‖ from ‖ to).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChannelKey {
+    Out { peer: String },
+    In { from: String, to: String },
+}
+
+impl ChannelKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        match self {
+            Self::Out { peer } => {
+                out.push(kind::CHANNEL_OUT);
+                put_bytes(&mut out, peer.as_bytes());
+            }
+            Self::In { from, to } => {
+                out.push(kind::CHANNEL_IN);
+                put_bytes(&mut out, from.as_bytes());
+                put_bytes(&mut out, to.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        match bytes.first() {
+            Some(&kind::CHANNEL_OUT) => {
+                let mut r = Reader::new("channel", bytes, kind::CHANNEL_OUT)?;
+                let peer = r.text()?;
+                r.finish()?;
+                Ok(Self::Out { peer })
+            }
+            _ => {
+                let mut r = Reader::new("channel", bytes, kind::CHANNEL_IN)?;
+                let from = r.text()?;
+                let to = r.text()?;
+                r.finish()?;
+                Ok(Self::In { from, to })
+            }
+        }
+    }
+
+    pub fn out_prefix() -> [u8; 1] {
+        [kind::CHANNEL_OUT]
+    }
+
+    pub fn in_prefix() -> [u8; 1] {
+        [kind::CHANNEL_IN]
+    }
+}
+
+/// `log`: kind ‖ index (u64 BE), in the order entries were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogKey(pub u64);
+
+impl LogKey {
+    pub fn encode(&self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[0] = kind::LOG_ENTRY;
+        out[1..].copy_from_slice(&self.0.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        let mut r = Reader::new("log", bytes, kind::LOG_ENTRY)?;
+        let index = r.u64()?;
+        r.finish()?;
+        Ok(Self(index))
+    }
+}
+
+/// `due`: kind ‖ person_key (32 bytes) ‖ what (one byte): at most one open item of each
+/// kind per person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DueKey {
+    pub person: PersonKey,
+    pub what: u8,
+}
+
+impl DueKey {
+    pub fn encode(&self) -> [u8; 34] {
+        let mut out = [0u8; 34];
+        out[0] = kind::DUE_ITEM;
+        out[1..33].copy_from_slice(&self.person.0);
+        out[33] = self.what;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        let mut r = Reader::new("due", bytes, kind::DUE_ITEM)?;
+        let person = PersonKey(r.take()?);
+        let [what] = r.take::<1>()?;
+        r.finish()?;
+        Ok(Self { person, what })
+    }
+
+    pub fn first() -> [u8; 1] {
+        [kind::DUE_ITEM]
+    }
+}
+
 /// `meta`: single-valued keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
     SchemaVersion,
     AuditHead,
     NodeDivision,
+    Directory,
+    LogHead,
 }
 
 impl MetaKey {
@@ -117,6 +290,8 @@ impl MetaKey {
             Self::SchemaVersion => kind::SCHEMA_VERSION,
             Self::AuditHead => kind::AUDIT_HEAD,
             Self::NodeDivision => kind::NODE_DIVISION,
+            Self::Directory => kind::DIRECTORY,
+            Self::LogHead => kind::LOG_HEAD,
         }]
     }
 }
@@ -143,9 +318,38 @@ mod tests {
         }
 
         #[test]
+        fn outbox_keys_round_trip_and_keep_channel_then_seq_order(
+            pa in "[0-9]{6}|[0-9]{9}", pb in "[0-9]{6}|[0-9]{9}", a in any::<u64>(), b in any::<u64>()
+        ) {
+            let ka = OutboxKey { peer: pa.clone(), seq: a };
+            let kb = OutboxKey { peer: pa.clone(), seq: b };
+            prop_assert_eq!(OutboxKey::decode(&ka.encode()).unwrap(), ka.clone());
+            prop_assert_eq!(a.cmp(&b), ka.encode().cmp(&kb.encode()));
+            prop_assert!(ka.encode().starts_with(&OutboxKey::channel_prefix(&pa)));
+            let other = OutboxKey { peer: pb.clone(), seq: b };
+            prop_assert_eq!(other.encode().starts_with(&OutboxKey::channel_prefix(&pa)), pa == pb);
+        }
+
+        #[test]
+        fn channel_log_and_due_keys_round_trip(
+            from in "[0-9]{6}|[0-9]{9}", to in "[0-9]{6}|[0-9]{9}", n in any::<u64>(), p in any::<[u8; 32]>(), w in any::<u8>()
+        ) {
+            for key in [ChannelKey::Out { peer: from.clone() }, ChannelKey::In { from: from.clone(), to: to.clone() }] {
+                prop_assert_eq!(ChannelKey::decode(&key.encode()).unwrap(), key);
+            }
+            prop_assert_eq!(LogKey::decode(&LogKey(n).encode()).unwrap(), LogKey(n));
+            let due = DueKey { person: PersonKey(p), what: w };
+            prop_assert_eq!(DueKey::decode(&due.encode()).unwrap(), due);
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = PersonRecordKey::decode(&bytes);
             let _ = AuditKey::decode(&bytes);
+            let _ = OutboxKey::decode(&bytes);
+            let _ = ChannelKey::decode(&bytes);
+            let _ = LogKey::decode(&bytes);
+            let _ = DueKey::decode(&bytes);
         }
     }
 
@@ -160,7 +364,9 @@ mod tests {
 
     #[test]
     fn meta_keys_are_distinct() {
-        let all = [MetaKey::SchemaVersion, MetaKey::AuditHead, MetaKey::NodeDivision].map(|k| k.encode());
+        let all =
+            [MetaKey::SchemaVersion, MetaKey::AuditHead, MetaKey::NodeDivision, MetaKey::Directory, MetaKey::LogHead]
+                .map(|k| k.encode());
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);

@@ -3,6 +3,7 @@
 
 pub mod cf;
 pub mod codec;
+mod exchange;
 pub mod keys;
 pub mod records;
 
@@ -141,6 +142,17 @@ impl Store {
     /// All audit entries in order, for verification of the chain.
     pub fn audit_entries(&self) -> impl Iterator<Item = Result<records::AuditEntry, StorageError>> + '_ {
         self.db.iterator_cf(self.cf(cf::AUDIT), IteratorMode::Start).map(|item| codec::decode("audit entry", &item?.1))
+    }
+
+    /// A single-valued `meta` entry, as stored.
+    pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf::META), key.encode())?)
+    }
+
+    /// Replaces a single-valued `meta` entry (one key, so no batch is needed).
+    pub fn put_meta(&self, key: MetaKey, value: &[u8]) -> Result<(), StorageError> {
+        self.db.put_cf_opt(self.cf(cf::META), key.encode(), value, &self.write_opts)?;
+        Ok(())
     }
 
     pub fn batch(&self) -> Batch<'_> {

@@ -34,6 +34,37 @@ pub struct PersonRecord {
     /// A [`PersonSecret`], sealed with the data key and bound to this record's key.
     #[prost(bytes = "vec", tag = "11")]
     pub sealed: Vec<u8>,
+    /// What the exchange with other nodes has brought about for her here.
+    #[prost(message, optional, tag = "12")]
+    pub sync: Option<SyncRecord>,
+}
+
+/// Exchange state of a person at this node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncRecord {
+    /// At her origin: the node that last notified where she lives or works.
+    #[prost(string, tag = "1")]
+    pub notified_by: String,
+    #[prost(string, tag = "2")]
+    pub notified_division: String,
+    /// At a destination: `awaiting` or `received`.
+    #[prost(string, tag = "3")]
+    pub feedback: String,
+    #[prost(int32, optional, tag = "4")]
+    pub feedback_due_day: Option<i32>,
+    /// `ldx.v1.CertificateStatus`.
+    #[prost(int32, tag = "5")]
+    pub certificate: i32,
+    #[prost(int32, optional, tag = "6")]
+    pub certificate_valid_until_day: Option<i32>,
+    /// `requested`, `accepted`, `refused: <reason>`, `received`.
+    #[prost(string, tag = "7")]
+    pub transfer: String,
+    #[prost(string, tag = "8")]
+    pub transfer_peer: String,
+    /// Separation date of a requested transfer.
+    #[prost(int32, optional, tag = "9")]
+    pub transfer_day: Option<i32>,
 }
 
 /// Personal data of a record: only stored sealed.
@@ -49,6 +80,9 @@ pub struct PersonSecret {
     pub address: String,
     #[prost(message, repeated, tag = "5")]
     pub services: Vec<ServiceEntry>,
+    /// Her certificate number, as issued by her origin.
+    #[prost(string, tag = "6")]
+    pub certificate_number: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -88,4 +122,75 @@ pub struct AuditHead {
     pub seq: u64,
     #[prost(bytes = "vec", tag = "2")]
     pub hash: Vec<u8>,
+}
+
+/// A channel this node sends on: the head of its hash chain and what the peer acked.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutChannel {
+    #[prost(uint64, tag = "1")]
+    pub head_seq: u64,
+    /// Hash of the envelope at `head_seq` (empty when none).
+    #[prost(bytes = "vec", tag = "2")]
+    pub head_hash: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    pub acked_seq: u64,
+}
+
+/// A channel this node receives on: what it applied, and the chain hash there.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InChannel {
+    #[prost(uint64, tag = "1")]
+    pub applied_seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub last_hash: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub last_applied_ms: i64,
+    /// Envelopes consumed without effect because the sender was not allowed to send them.
+    #[prost(uint64, tag = "4")]
+    pub refused: u64,
+}
+
+/// An envelope in the outbox: its bytes sealed with the data key (they carry personal
+/// data), plus when it was created, in clear, for the lag figures.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxEntry {
+    #[prost(int64, tag = "1")]
+    pub created_at_ms: i64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub sealed: Vec<u8>,
+}
+
+/// One message-log entry: which envelope went where, never its personal content.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogRecord {
+    /// `ldx.v1.Direction`.
+    #[prost(int32, tag = "1")]
+    pub direction: i32,
+    #[prost(string, tag = "2")]
+    pub peer: String,
+    #[prost(string, tag = "3")]
+    pub to: String,
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+    #[prost(string, tag = "5")]
+    pub kind: String,
+    #[prost(bytes = "vec", tag = "6")]
+    pub person_key: Vec<u8>,
+    #[prost(int64, tag = "7")]
+    pub at_ms: i64,
+    #[prost(string, tag = "8")]
+    pub reason: String,
+}
+
+/// Something this node waits for (an answer from a peer) by a deadline.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DueItem {
+    /// Deadline, days since 1970-01-01 (China Standard Time calendar).
+    #[prost(int32, tag = "1")]
+    pub due_day: i32,
+    /// The node expected to answer.
+    #[prost(string, tag = "2")]
+    pub peer: String,
+    #[prost(int64, tag = "3")]
+    pub created_at_ms: i64,
 }

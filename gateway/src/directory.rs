@@ -1,0 +1,309 @@
+//! The gateway's copy of the federation directory: `directory.bin` in the PKI directory,
+//! an encoded `SignedDirectory`. Every change bumps the version, is signed with the
+//! federation key and replaces the file atomically, so the server never reads half of it.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use ldx_proto::directory::{self as signed, Directory, DirectoryError};
+use ldx_proto::identity::{self, KeyFileError, PublicKey, SignKey};
+use ldx_proto::v1::{DirectoryBody, DirectoryEntry, SignedDirectory};
+use prost::Message;
+
+use crate::pki::{self, PkiError};
+
+pub const DIRECTORY_FILE: &str = "directory.bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryFileError {
+    #[error("{field}: {value:?} {rule}")]
+    Invalid { field: &'static str, value: String, rule: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{path} is not an encoded SignedDirectory: {source}")]
+    Decode { path: String, source: prost::DecodeError },
+    #[error("{path} does not verify with the federation key: {source}")]
+    Verify { path: String, source: DirectoryError },
+    #[error("cert: {0}")]
+    Cert(PkiError),
+    #[error("signing-pub: {0}")]
+    SigningPub(KeyFileError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// Path of the directory file in a PKI directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(DIRECTORY_FILE)
+}
+
+/// The federation public key of a PKI directory.
+pub fn federation_key(dir: &Path) -> Result<PublicKey, DirectoryFileError> {
+    Ok(PublicKey::load(&dir.join(pki::FEDERATION_PUB))?)
+}
+
+/// The current directory, verified with `federation.pub`; `None` (version 0, no entries)
+/// before the first `add`.
+pub fn load(dir: &Path) -> Result<Option<Directory>, DirectoryFileError> {
+    load_with(dir, &federation_key(dir)?)
+}
+
+/// Like [`load`], with the federation key already at hand.
+pub fn load_with(dir: &Path, federation: &PublicKey) -> Result<Option<Directory>, DirectoryFileError> {
+    let file = path(dir);
+    let shown = || file.display().to_string();
+    let bytes = match fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(DirectoryFileError::Read { path: shown(), source }),
+    };
+    let signed = SignedDirectory::decode(bytes.as_slice())
+        .map_err(|source| DirectoryFileError::Decode { path: shown(), source })?;
+    let directory =
+        Directory::verify(signed, federation).map_err(|source| DirectoryFileError::Verify { path: shown(), source })?;
+    Ok(Some(directory))
+}
+
+/// Version of a loaded directory, 0 when there is none yet.
+pub fn version(directory: Option<&Directory>) -> u64 {
+    directory.map_or(0, Directory::version)
+}
+
+/// Adds `division`'s node, or replaces its entry. The certificate is pinned by the
+/// SHA-256 of its DER, and must name `division` (URI SAN `ldx://division/<code>`).
+pub fn add(
+    dir: &Path,
+    division: &str,
+    endpoint: &str,
+    cert_pem: &Path,
+    signing_pub: &Path,
+) -> Result<Directory, DirectoryFileError> {
+    pki::validate_division("division", division)?;
+    validate_endpoint(endpoint)?;
+    let der = pki::read_cert_der(cert_pem).map_err(DirectoryFileError::Cert)?;
+    if !names_division(&der, division) {
+        return Err(DirectoryFileError::Invalid {
+            field: "cert",
+            value: cert_pem.display().to_string(),
+            rule: format!("must be the certificate of {division} (URI SAN {})", identity::division_uri(division)),
+        });
+    }
+    let cert_sha256 = identity::cert_fingerprint(&der);
+    let signing_key = PublicKey::load(signing_pub).map_err(DirectoryFileError::SigningPub)?;
+
+    let federation = federation_key(dir)?;
+    let current = load_with(dir, &federation)?;
+    let mut entries: Vec<DirectoryEntry> =
+        current.iter().flat_map(Directory::entries).filter(|e| e.division != division).cloned().collect();
+    if let Some(other) = entries.iter().find(|e| e.tls_cert_sha256 == cert_sha256) {
+        return Err(DirectoryFileError::Invalid {
+            field: "cert",
+            value: cert_pem.display().to_string(),
+            rule: format!("is already listed for division {}", other.division),
+        });
+    }
+    entries.push(DirectoryEntry {
+        division: division.to_owned(),
+        endpoint: endpoint.to_owned(),
+        tls_cert_sha256: cert_sha256.to_vec(),
+        signing_key: signing_key.to_bytes().to_vec(),
+    });
+    publish(dir, &federation, current.as_ref(), entries)
+}
+
+/// Removes `division`'s node from the directory.
+pub fn remove(dir: &Path, division: &str) -> Result<Directory, DirectoryFileError> {
+    pki::validate_division("division", division)?;
+    let federation = federation_key(dir)?;
+    let current = load_with(dir, &federation)?;
+    let listed = current.as_ref().is_some_and(|d| d.get(division).is_some());
+    if !listed {
+        return Err(DirectoryFileError::Invalid {
+            field: "division",
+            value: division.to_owned(),
+            rule: "is not in the directory".into(),
+        });
+    }
+    let entries = current.iter().flat_map(Directory::entries).filter(|e| e.division != division).cloned().collect();
+    publish(dir, &federation, current.as_ref(), entries)
+}
+
+/// Signs the next version with `federation.key`, checks it verifies with
+/// `federation.pub`, and replaces the file.
+fn publish(
+    dir: &Path,
+    federation: &PublicKey,
+    current: Option<&Directory>,
+    mut entries: Vec<DirectoryEntry>,
+) -> Result<Directory, DirectoryFileError> {
+    entries.sort_by(|a, b| a.division.cmp(&b.division));
+    let key = SignKey::load(&dir.join(pki::FEDERATION_KEY))?;
+    let body =
+        DirectoryBody { version: version(current) + 1, issued_at_ms: chrono::Utc::now().timestamp_millis(), entries };
+    let signed = signed::sign(&body, &key);
+    let file = path(dir);
+    let directory = Directory::verify(signed.clone(), federation)
+        .map_err(|source| DirectoryFileError::Verify { path: file.display().to_string(), source })?;
+    write_atomically(&file, &signed.encode_to_vec())?;
+    Ok(directory)
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), DirectoryFileError> {
+    let invalid = |rule: &str| DirectoryFileError::Invalid {
+        field: "endpoint",
+        value: endpoint.to_owned(),
+        rule: rule.to_owned(),
+    };
+    if !endpoint.starts_with("https://") {
+        return Err(invalid("must start with https:// (peers talk mutual TLS only)"));
+    }
+    let uri: tonic::transport::Uri =
+        endpoint.parse().map_err(|_| invalid("must be a URL like https://10.0.0.7:7302"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("must name a host, like https://10.0.0.7:7302"));
+    }
+    Ok(())
+}
+
+/// Whether the certificate carries the URI SAN of exactly `division` (not of a longer
+/// code that starts with it). A byte search suffices: the URI is stored verbatim as an
+/// IA5String, and what follows it in the DER is never an ASCII digit.
+fn names_division(der: &[u8], division: &str) -> bool {
+    let uri = identity::division_uri(division);
+    let uri = uri.as_bytes();
+    der.windows(uri.len())
+        .enumerate()
+        .any(|(i, w)| w == uri && der.get(i + uri.len()).is_none_or(|b| !b.is_ascii_digit()))
+}
+
+/// Writes via a temporary file, fsync and rename, so readers see the old or the new file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DirectoryFileError> {
+    let io = |source| DirectoryFileError::Write { path: path.display().to_string(), source };
+    let tmp = path.with_extension("bin.tmp");
+    let mut file = fs::File::create(&tmp).map_err(io)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        // Makes the rename itself durable; not every platform can open a directory.
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        temp: tempfile::TempDir,
+        a: pki::IssuedNode,
+        b: pki::IssuedNode,
+    }
+
+    fn fixture() -> Fixture {
+        let temp = tempfile::tempdir().unwrap();
+        pki::init(temp.path()).unwrap();
+        let a = pki::issue(temp.path(), "410103007").unwrap();
+        let b = pki::issue(temp.path(), "411421").unwrap();
+        Fixture { temp, a, b }
+    }
+
+    impl Fixture {
+        fn dir(&self) -> &Path {
+            self.temp.path()
+        }
+
+        fn add(&self, node: &pki::IssuedNode, endpoint: &str) -> Result<Directory, DirectoryFileError> {
+            add(self.dir(), &node.division, endpoint, &node.cert_path, &node.signing_pub_path)
+        }
+
+        /// The file as a node would see it: decoded and verified with the federation key.
+        fn verified(&self) -> Directory {
+            let signed = SignedDirectory::decode(fs::read(path(self.dir())).unwrap().as_slice()).unwrap();
+            Directory::verify(signed, &federation_key(self.dir()).unwrap()).unwrap()
+        }
+    }
+
+    #[test]
+    fn add_replace_and_remove_bump_the_version() {
+        let f = fixture();
+        assert!(load(f.dir()).unwrap().is_none(), "no file is version 0");
+
+        let v1 = f.add(&f.a, "https://10.0.0.7:7302").unwrap();
+        assert_eq!(v1.version(), 1);
+        let v2 = f.add(&f.b, "https://10.0.0.8:7302").unwrap();
+        assert_eq!(v2.version(), 2);
+        assert!(v2.issued_at_ms() >= v1.issued_at_ms());
+
+        let v3 = f.add(&f.a, "https://10.0.0.9:7302").unwrap();
+        assert_eq!(v3.version(), 3);
+        let verified = f.verified();
+        assert_eq!(verified.version(), 3);
+        assert_eq!(verified.entries().count(), 2, "a division is listed once");
+        let a = verified.get("410103007").unwrap();
+        assert_eq!(a.endpoint, "https://10.0.0.9:7302");
+        assert_eq!(a.tls_cert_sha256, f.a.cert_sha256);
+        assert_eq!(verified.signing_key("410103007"), Some(f.a.signing_pub));
+        assert_eq!(verified.division_of_cert(&f.b.cert_sha256), Some("411421"));
+        assert_eq!(verified.route("411421100").unwrap().division, "411421");
+
+        let v4 = remove(f.dir(), "411421").unwrap();
+        assert_eq!(v4.version(), 4);
+        let loaded = load(f.dir()).unwrap().unwrap();
+        assert_eq!(loaded.version(), 4);
+        assert_eq!(loaded.entries().map(|e| e.division.as_str()).collect::<Vec<_>>(), ["410103007"]);
+        assert!(!path(f.dir()).with_extension("bin.tmp").exists());
+    }
+
+    #[test]
+    fn bad_input_is_named_and_changes_nothing() {
+        let f = fixture();
+        f.add(&f.a, "https://10.0.0.7:7302").unwrap();
+        let before = fs::read(path(f.dir())).unwrap();
+
+        let err = f.add(&f.b, "http://10.0.0.8:7302").unwrap_err().to_string();
+        assert!(err.starts_with("endpoint: \"http://10.0.0.8:7302\" must start with https://"), "{err}");
+        let err = f.add(&f.b, "https://").unwrap_err().to_string();
+        assert!(err.starts_with("endpoint: \"https://\""), "{err}");
+        let err = add(f.dir(), "41142", "https://h:1", &f.b.cert_path, &f.b.signing_pub_path).unwrap_err();
+        assert!(err.to_string().starts_with("division: \"41142\" must be 6"), "{err}");
+        // The certificate of one node cannot be listed for another.
+        let err = add(f.dir(), "411421", "https://h:1", &f.a.cert_path, &f.b.signing_pub_path).unwrap_err();
+        assert!(err.to_string().contains("must be the certificate of 411421"), "{err}");
+        let err = add(f.dir(), "410103", "https://h:1", &f.a.cert_path, &f.b.signing_pub_path).unwrap_err();
+        assert!(err.to_string().contains("must be the certificate of 410103"), "a prefix is not a match: {err}");
+        let err = add(f.dir(), "411421", "https://h:1", &f.b.signing_pub_path, &f.b.signing_pub_path).unwrap_err();
+        assert!(
+            err.to_string().starts_with("cert: ") && err.to_string().contains("must hold a PEM certificate"),
+            "{err}"
+        );
+        let err = add(f.dir(), "411421", "https://h:1", &f.b.cert_path, &f.b.cert_path).unwrap_err();
+        assert!(err.to_string().starts_with("signing-pub: "), "{err}");
+        let err = remove(f.dir(), "411421").unwrap_err().to_string();
+        assert_eq!(err, "division: \"411421\" is not in the directory");
+
+        assert_eq!(fs::read(path(f.dir())).unwrap(), before);
+    }
+
+    #[test]
+    fn a_file_not_signed_by_the_federation_is_refused() {
+        let f = fixture();
+        f.add(&f.a, "https://10.0.0.7:7302").unwrap();
+        let mut bytes = fs::read(path(f.dir())).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(path(f.dir()), &bytes).unwrap();
+        let err = load(f.dir()).unwrap_err().to_string();
+        assert!(err.contains("does not verify with the federation key"), "{err}");
+        assert!(f.add(&f.b, "https://10.0.0.8:7302").is_err(), "a change never builds on a bad file");
+    }
+}

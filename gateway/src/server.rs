@@ -1,0 +1,238 @@
+//! The gateway's gRPC server: `ldx.v1.Directory` serving the signed directory from the PKI
+//! directory, plus standard health checking and reflection.
+
+use std::{
+    fs,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use ldx_proto::directory::Directory;
+use ldx_proto::identity::PublicKey;
+use ldx_proto::v1::directory_server::{self, DirectoryServer};
+use ldx_proto::v1::{FetchDirectoryRequest, FetchDirectoryResponse};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Server};
+
+use crate::directory::{self, DirectoryFileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Directory(#[from] DirectoryFileError),
+    #[error("gateway listener: {0}")]
+    Listener(std::io::Error),
+    #[error("{0}")]
+    Ready(std::io::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving the directory: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the directory of `pki_dir` on `listener` until `shutdown` resolves.
+///
+/// The listener speaks plain HTTP/2 (h2c), not TLS: what protects the directory is the
+/// federation signature over it, which every node checks against its configured
+/// `federation.pub`. A party on the path can withhold or delay a version, never forge one.
+pub async fn run(
+    pki_dir: PathBuf,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    run_with_ready(pki_dir, listener, shutdown, |_| Ok(())).await
+}
+
+/// Like [`run`]; `ready` is called with the bound address once the directory loaded and
+/// the services are about to accept requests (e.g. to write an address file). An error
+/// from it stops the server before it serves.
+pub async fn run_with_ready(
+    pki_dir: PathBuf,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr) -> std::io::Result<()>,
+) -> Result<(), ServerError> {
+    let service = DirectoryService::open(pki_dir)?;
+    let version = service.current().map_or(0, |d| d.version());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DirectoryServer<DirectoryService>>().await;
+    let reflection_v1 = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+
+    let addr = listener.local_addr().map_err(ServerError::Listener)?;
+    tracing::info!(addr = %addr, pki = %service.pki_dir.display(), version, "gateway serving the directory");
+    ready(addr).map_err(ServerError::Ready)?;
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(DirectoryServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ldx_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// `ldx.v1.Directory`: answers from the last good copy of `directory.bin`, re-read when
+/// the file changed (an operator ran `directory add` or `remove`).
+#[derive(Debug, Clone)]
+pub struct DirectoryService {
+    pki_dir: PathBuf,
+    federation: PublicKey,
+    cache: Arc<Mutex<Cached>>,
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    stamp: Option<FileStamp>,
+    directory: Option<Arc<Directory>>,
+}
+
+/// What tells a replaced file from the one read before: rename gives it a new inode, and
+/// mtime and size change too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self { modified: meta.modified().ok(), len: meta.len(), inode })
+    }
+}
+
+impl DirectoryService {
+    /// Loads `federation.pub` and the current directory; a directory file that does not
+    /// verify is an error here, so a broken gateway fails at start-up.
+    pub fn open(pki_dir: PathBuf) -> Result<Self, ServerError> {
+        let federation = directory::federation_key(&pki_dir)?;
+        let stamp = FileStamp::of(&directory::path(&pki_dir));
+        let loaded = directory::load_with(&pki_dir, &federation)?;
+        let cached = Cached { stamp, directory: loaded.map(Arc::new) };
+        Ok(Self { pki_dir, federation, cache: Arc::new(Mutex::new(cached)) })
+    }
+
+    /// The directory being served, re-read first if the file changed. A changed file that
+    /// does not load is logged and the last good copy stays in service.
+    pub fn current(&self) -> Option<Arc<Directory>> {
+        let file = directory::path(&self.pki_dir);
+        let stamp = FileStamp::of(&file);
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.stamp != stamp {
+            match directory::load_with(&self.pki_dir, &self.federation) {
+                Ok(Some(loaded)) => {
+                    tracing::info!(
+                        version = loaded.version(),
+                        entries = loaded.entries().count(),
+                        "directory reloaded"
+                    );
+                    cache.directory = Some(Arc::new(loaded));
+                }
+                Ok(None) => tracing::warn!(file = %file.display(), "directory file disappeared; serving the last copy"),
+                Err(e) => tracing::warn!(error = %e, "directory file changed but does not load; serving the last copy"),
+            }
+            cache.stamp = stamp;
+        }
+        cache.directory.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl directory_server::Directory for DirectoryService {
+    #[tracing::instrument(skip(self, request), fields(known_version = request.get_ref().known_version))]
+    async fn fetch(&self, request: Request<FetchDirectoryRequest>) -> Result<Response<FetchDirectoryResponse>, Status> {
+        let known = request.get_ref().known_version;
+        let newer = self.current().filter(|d| d.version() > known);
+        tracing::debug!(sent = newer.as_ref().map(|d| d.version()), "directory fetch");
+        Ok(Response::new(FetchDirectoryResponse { directory: newer.map(|d| d.signed().clone()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ldx_proto::v1::directory_client::DirectoryClient;
+    use tonic::transport::Channel;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+    use super::*;
+    use crate::pki;
+
+    #[tokio::test]
+    async fn serves_newer_versions_and_picks_up_changes() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
+        pki::init(&dir).unwrap();
+        let a = pki::issue(&dir, "410103007").unwrap();
+        let b = pki::issue(&dir, "411421").unwrap();
+        directory::add(&dir, "410103007", "https://10.0.0.7:7302", &a.cert_path, &a.signing_pub_path).unwrap();
+        let federation = directory::federation_key(&dir).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(run_with_ready(
+            dir.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            |addr| {
+                let _ = addr_tx.send(addr);
+                Ok(())
+            },
+        ));
+        let addr = addr_rx.await.unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut client = DirectoryClient::new(channel.clone());
+
+        let fetch = async |client: &mut DirectoryClient<Channel>, known_version| {
+            let response = client.fetch(FetchDirectoryRequest { known_version }).await.unwrap().into_inner();
+            response.directory.map(|signed| Directory::verify(signed, &federation).unwrap().version())
+        };
+        assert_eq!(fetch(&mut client, 0).await, Some(1));
+        assert_eq!(fetch(&mut client, 1).await, None, "a current caller gets nothing");
+        assert_eq!(fetch(&mut client, 7).await, None);
+
+        directory::add(&dir, "411421", "https://10.0.0.8:7302", &b.cert_path, &b.signing_pub_path).unwrap();
+        assert_eq!(fetch(&mut client, 1).await, Some(2), "the changed file is re-read");
+
+        // A broken file does not take the served directory down.
+        std::fs::write(directory::path(&dir), b"garbage").unwrap();
+        assert_eq!(fetch(&mut client, 0).await, Some(2));
+
+        let health = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: ldx_proto::service_names::DIRECTORY.into() })
+            .await
+            .unwrap();
+        assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pki_dir_without_federation_key_fails_at_start() {
+        let temp = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(temp.path().to_owned(), listener, std::future::pending()).await.unwrap_err().to_string();
+        assert!(err.contains("federation.pub"), "{err}");
+    }
+}

@@ -1,0 +1,235 @@
+//! The receiving side of channels: `ldx.v1.Exchange.Sync`. The sender is who its TLS
+//! certificate says it is (pinned by SHA-256 in the signed directory); each batch must
+//! continue the channel's hash chain and carry the sender's signature over the new head
+//! before anything in it is applied.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ldx_proto::chain::{Head, envelope_hash};
+use ldx_proto::directory::Directory;
+use ldx_proto::identity::cert_fingerprint;
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::exchange_server;
+use prost::Message;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{CHANNEL_TO_HEADER, MAX_ENVELOPE_BYTES, MAX_MESSAGE_BYTES};
+use crate::directory::DirectoryWatch;
+use crate::domain::Division;
+use crate::registry::{ApplyError, Registry};
+
+#[derive(Debug, Clone)]
+pub struct ExchangeService {
+    registry: Arc<Registry>,
+    directory: DirectoryWatch,
+    /// Turns true when the node stops: open streams end then, so the server's graceful
+    /// shutdown does not wait for senders that never hang up.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ExchangeService {
+    pub fn new(registry: Arc<Registry>, directory: DirectoryWatch, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { registry, directory, stop }
+    }
+
+    pub fn into_server(self) -> exchange_server::ExchangeServer<Self> {
+        exchange_server::ExchangeServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Who is on the other end of a stream, and which channel it sends on.
+struct Channel {
+    from: String,
+    to: String,
+    directory: Arc<Directory>,
+}
+
+fn identify<T>(request: &Request<T>, directory: Option<Arc<Directory>>, own: &Division) -> Result<Channel, Status> {
+    let directory = directory.ok_or_else(|| Status::unavailable("this node has no directory yet"))?;
+    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let cert = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let fingerprint = cert_fingerprint(cert.as_ref());
+    let from = directory
+        .division_of_cert(&fingerprint)
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "client certificate sha256 {} is not listed in directory version {}",
+                hex::encode(fingerprint),
+                directory.version()
+            ))
+        })?
+        .to_owned();
+    let to = request
+        .metadata()
+        .get(CHANNEL_TO_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("metadata {CHANNEL_TO_HEADER} is required")))?
+        .to_owned();
+    let addressed =
+        Division::parse_node_level(CHANNEL_TO_HEADER, &to).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if !own.contains(&addressed) {
+        return Err(Status::invalid_argument(format!(
+            "{CHANNEL_TO_HEADER}: {to:?} is not within this node's division {own}"
+        )));
+    }
+    Ok(Channel { from, to, directory })
+}
+
+/// Checks a batch before anything in it is applied: sizes, decoding, sender and
+/// addressee of every envelope, and the signature over the head it ends at.
+fn verify(channel: &Channel, batch: pb::SyncBatch) -> Result<Vec<(Vec<u8>, pb::Envelope)>, Status> {
+    if batch.envelopes.is_empty() {
+        return Err(Status::invalid_argument("batch holds no envelopes"));
+    }
+    let mut envelopes = Vec::with_capacity(batch.envelopes.len());
+    for (i, bytes) in batch.envelopes.into_iter().enumerate() {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "envelope {i} of the batch is {} bytes, over the limit of {MAX_ENVELOPE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let envelope = pb::Envelope::decode(bytes.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("envelope {i} of the batch is not a valid Envelope: {e}")))?;
+        if envelope.from != channel.from {
+            return Err(Status::permission_denied(format!(
+                "envelope seq {}: from {:?} is not the sender's TLS identity {}",
+                envelope.seq, envelope.from, channel.from
+            )));
+        }
+        if envelope.to != channel.to {
+            return Err(Status::invalid_argument(format!(
+                "envelope seq {}: to {:?} is not this channel's {}",
+                envelope.seq, envelope.to, channel.to
+            )));
+        }
+        envelopes.push((bytes, envelope));
+    }
+    let (last_bytes, last) = envelopes.last().expect("non-empty");
+    let key = channel.directory.signing_key(&channel.from).ok_or_else(|| {
+        Status::permission_denied(format!(
+            "directory version {} lists no signing key for {}",
+            channel.directory.version(),
+            channel.from
+        ))
+    })?;
+    let hash = envelope_hash(last_bytes);
+    Head { from: &channel.from, to: &channel.to, seq: last.seq, hash: &hash }
+        .verify(&key, &batch.head_signature)
+        .map_err(|e| {
+            Status::unauthenticated(format!(
+                "head signature of seq {}: {e} against {}'s key in directory version {}",
+                last.seq,
+                channel.from,
+                channel.directory.version()
+            ))
+        })?;
+    Ok(envelopes)
+}
+
+fn apply_status(err: ApplyError) -> Status {
+    match err {
+        ApplyError::Replay { .. } | ApplyError::Gap { .. } | ApplyError::NotConsecutive { .. } => {
+            Status::failed_precondition(err.to_string())
+        }
+        ApplyError::ChainBroken { .. } => Status::invalid_argument(err.to_string()),
+        ApplyError::Storage(_) | ApplyError::Registry(_) => {
+            tracing::error!(error = %err, "applying a batch failed inside the node");
+            Status::internal("the receiving node could not apply the batch; see its log")
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SyncResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl exchange_server::Exchange for ExchangeService {
+    type SyncStream = ResponseStream;
+
+    async fn sync(&self, request: Request<Streaming<pb::SyncRequest>>) -> Result<Response<ResponseStream>, Status> {
+        let channel = identify(&request, self.directory.current(), self.registry.division()).inspect_err(|s| {
+            tracing::warn!(code = ?s.code(), message = s.message(), "sync refused");
+            metrics::counter!("ldx_sync_refused_total").increment(1);
+        })?;
+        let registry = self.registry.clone();
+        let (from, to) = (channel.from.clone(), channel.to.clone());
+        let state = tokio::task::spawn_blocking(move || registry.inbound(&from, &to))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading channel state failed");
+                Status::internal("the receiving node could not read the channel state; see its log")
+            })?;
+        tracing::debug!(from = %channel.from, to = %channel.to, applied = state.applied_seq, "sync opened");
+        let hello = pb::SyncResponse {
+            kind: Some(pb::sync_response::Kind::Hello(pb::Hello {
+                last_applied_seq: state.applied_seq,
+                last_hash: state.last_hash,
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(Ok(hello)).await.map_err(|_| Status::cancelled("stream closed"))?;
+        let mut inbound = request.into_inner();
+        let registry = self.registry.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.message() => Some(message),
+                    _ = stop.wait_for(|stopped| *stopped) => None,
+                };
+                let Some(message) = message else {
+                    let _ = tx.send(Err(Status::unavailable("the receiving node is shutting down"))).await;
+                    return;
+                };
+                let batch = match message {
+                    Ok(Some(pb::SyncRequest { kind: Some(pb::sync_request::Kind::Batch(batch)) })) => batch,
+                    Ok(Some(_)) => {
+                        let _ = tx.send(Err(Status::invalid_argument("unknown request kind on Sync"))).await;
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(from = %channel.from, error = %status, "sync stream ended");
+                        return;
+                    }
+                };
+                let outcome = match verify(&channel, batch) {
+                    Ok(envelopes) => {
+                        let registry = registry.clone();
+                        let (from, to) = (channel.from.clone(), channel.to.clone());
+                        tokio::task::spawn_blocking(move || registry.apply_batch(&from, &to, &envelopes))
+                            .await
+                            .map_err(|e| Status::internal(e.to_string()))
+                            .and_then(|r| r.map_err(apply_status))
+                    }
+                    Err(status) => Err(status),
+                };
+                match outcome {
+                    Ok(done) => {
+                        metrics::counter!("ldx_envelopes_applied_total").increment(done.applied as u64);
+                        metrics::counter!("ldx_envelopes_refused_total").increment(done.refused as u64);
+                        let ack = pb::SyncResponse {
+                            kind: Some(pb::sync_response::Kind::Ack(pb::Ack { applied_seq: done.applied_seq })),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::warn!(from = %channel.from, to = %channel.to, code = ?status.code(), message = status.message(), "batch rejected");
+                        metrics::counter!("ldx_batches_rejected_total").increment(1);
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,270 @@
+//! The registry's side of the exchange: envelopes written to the outbox in the same batch
+//! as the change that causes them, channel heads, acks, and the message log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::envelope::Body;
+use prost::Message;
+
+use super::{Registry, Writer};
+use crate::config::DeadlineConfig;
+use crate::crypto::PersonKey;
+use crate::storage::keys::{DueKey, OutboxKey};
+use crate::storage::records::{AuditEntry, AuditHead, DueItem, LogRecord, OutChannel, OutboxEntry, PersonRecord};
+use crate::storage::{Batch, StorageError};
+
+/// Maps a division code to the division of the node that serves it (longest prefix in
+/// the directory), or `None` when the directory has no such node.
+pub type Router = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// What a syncing node's registry needs from the exchange.
+pub struct ExchangeHooks {
+    pub router: Router,
+    /// Told the peer of every channel that has new envelopes.
+    pub wake: tokio::sync::mpsc::UnboundedSender<String>,
+    pub deadlines: DeadlineConfig,
+}
+
+impl std::fmt::Debug for ExchangeHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeHooks").field("deadlines", &self.deadlines).finish()
+    }
+}
+
+/// Kinds of due items: an answer this node waits for.
+pub mod due {
+    pub const FEEDBACK: u8 = 1;
+    pub const TRANSFER_ACCEPT: u8 = 2;
+    pub const CERTIFICATE_ANSWER: u8 = 3;
+
+    pub fn name(what: u8) -> &'static str {
+        match what {
+            FEEDBACK => "feedback",
+            TRANSFER_ACCEPT => "transfer_accept",
+            CERTIFICATE_ANSWER => "certificate_answer",
+            _ => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("peer {peer} acknowledged seq {acked}, beyond the channel head {head}")]
+    BeyondHead { peer: String, acked: u64, head: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The log name of a message kind.
+pub fn body_kind(body: Option<&Body>) -> &'static str {
+    match body {
+        Some(Body::MoveInNotice(_)) => "move_in_notice",
+        Some(Body::MoveInFeedback(_)) => "move_in_feedback",
+        Some(Body::MoveOutNotice(_)) => "move_out_notice",
+        Some(Body::TransferRequest(_)) => "transfer_request",
+        Some(Body::TransferAccept(_)) => "transfer_accept",
+        Some(Body::CertificateQuery(_)) => "certificate_query",
+        Some(Body::CertificateAnswer(_)) => "certificate_answer",
+        None => "unknown",
+    }
+}
+
+/// One atomic change in the making: the batch, the records it changed (read back by
+/// later steps of the same change), and what to do once it is durable.
+pub(super) struct Txn<'a> {
+    pub batch: Batch<'a>,
+    persons: HashMap<PersonKey, PersonRecord>,
+    out: HashMap<String, OutChannel>,
+    log: Vec<LogRecord>,
+    audit: Vec<(String, Option<PersonKey>)>,
+    wake: BTreeSet<String>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(batch: Batch<'a>) -> Self {
+        Self {
+            batch,
+            persons: HashMap::new(),
+            out: HashMap::new(),
+            log: Vec::new(),
+            audit: Vec::new(),
+            wake: BTreeSet::new(),
+        }
+    }
+
+    pub fn audit(&mut self, action: &str, person: Option<&PersonKey>) {
+        self.audit.push((action.to_owned(), person.copied()));
+    }
+
+    pub fn log(&mut self, record: LogRecord) {
+        self.log.push(record);
+    }
+
+    pub fn put_person(&mut self, key: &PersonKey, record: PersonRecord) {
+        self.batch.put_person(key, &record);
+        self.persons.insert(*key, record);
+    }
+}
+
+impl Registry {
+    /// Attaches the exchange: from now on changes that concern other nodes write
+    /// envelopes to the outbox.
+    pub fn with_exchange(mut self, hooks: ExchangeHooks) -> Self {
+        self.exchange = Some(hooks);
+        self
+    }
+
+    pub(super) fn deadlines(&self) -> DeadlineConfig {
+        self.exchange.as_ref().map(|h| h.deadlines.clone()).unwrap_or_default()
+    }
+
+    /// The person as this change sees her: changed earlier in it, or as stored.
+    pub(super) fn txn_person(&self, txn: &Txn<'_>, key: &PersonKey) -> Result<Option<PersonRecord>, StorageError> {
+        match txn.persons.get(key) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.store.person(key),
+        }
+    }
+
+    /// The channel peer for messages about `division`: the node the directory routes it
+    /// to, or the code itself while no node serves it (the envelopes wait in the outbox
+    /// until one does). `None` on a standalone node, or when this node serves it.
+    pub(super) fn peer_for(&self, division: &str) -> Option<String> {
+        let hooks = self.exchange.as_ref()?;
+        let peer = (hooks.router)(division).unwrap_or_else(|| division.to_owned());
+        (peer != self.division.as_str()).then_some(peer)
+    }
+
+    pub(super) fn is_syncing(&self) -> bool {
+        self.exchange.is_some()
+    }
+
+    /// Appends an envelope about `person` to the channel to `peer`, within `txn`.
+    pub(super) fn enqueue(&self, writer: &Writer, txn: &mut Txn<'_>, peer: &str, person: &PersonKey, body: Body) {
+        let mut state = txn.out.get(peer).or_else(|| writer.out.get(peer)).cloned().unwrap_or_default();
+        let now = self.clock.now().timestamp_millis();
+        let kind = body_kind(Some(&body));
+        let envelope = pb::Envelope {
+            from: self.division.as_str().to_owned(),
+            to: peer.to_owned(),
+            seq: state.head_seq + 1,
+            prev_hash: state.head_hash.clone(),
+            created_at_ms: now,
+            person_key: person.0.to_vec(),
+            body: Some(body),
+        };
+        let bytes = zeroize::Zeroizing::new(envelope.encode_to_vec());
+        let sealed = self.data_key.seal(&OutboxKey { peer: peer.to_owned(), seq: envelope.seq }.encode(), &bytes);
+        txn.batch.put_outbox(peer, envelope.seq, &OutboxEntry { created_at_ms: now, sealed });
+        state.head_seq = envelope.seq;
+        state.head_hash = ldx_proto::chain::envelope_hash(&bytes).to_vec();
+        txn.out.insert(peer.to_owned(), state);
+        txn.log(LogRecord {
+            direction: pb::Direction::Sent as i32,
+            peer: peer.to_owned(),
+            to: peer.to_owned(),
+            seq: envelope.seq,
+            kind: kind.to_owned(),
+            person_key: person.0.to_vec(),
+            at_ms: now,
+            reason: String::new(),
+        });
+        txn.wake.insert(peer.to_owned());
+    }
+
+    pub(super) fn put_due(&self, txn: &mut Txn<'_>, person: &PersonKey, what: u8, peer: &str, due_day: i32) {
+        let item = DueItem { due_day, peer: peer.to_owned(), created_at_ms: self.clock.now().timestamp_millis() };
+        txn.batch.put_due(&DueKey { person: *person, what }, &item);
+    }
+
+    /// Commits `txn` with its audit entries and log records; the in-memory heads move
+    /// only once the batch is durable, and senders are woken after.
+    pub(super) fn commit_txn(&self, writer: &mut Writer, mut txn: Txn<'_>) -> Result<(), StorageError> {
+        let mut audit = writer.audit.clone();
+        for (action, person) in &txn.audit {
+            let entry = AuditEntry {
+                seq: audit.seq + 1,
+                at_ms: self.clock.now().timestamp_millis(),
+                action: action.clone(),
+                person_key: person.map(|k| k.0.to_vec()).unwrap_or_default(),
+                prev_hash: audit.hash.clone(),
+            };
+            audit = AuditHead { seq: entry.seq, hash: super::audit_hash(&entry) };
+            txn.batch.put_audit(&entry, &audit);
+        }
+        let mut log_head = writer.log_head;
+        for record in &txn.log {
+            log_head += 1;
+            txn.batch.put_log(log_head, record);
+        }
+        for (peer, state) in &txn.out {
+            txn.batch.put_out_channel(peer, state);
+        }
+        txn.batch.commit()?;
+        writer.audit = audit;
+        writer.log_head = log_head;
+        writer.out.extend(txn.out);
+        if let Some(hooks) = &self.exchange {
+            for peer in txn.wake {
+                let _ = hooks.wake.send(peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every channel this node sends on, as of the last commit.
+    pub fn outbound(&self) -> Vec<(String, OutChannel)> {
+        let writer = self.lock();
+        let mut all: Vec<_> = writer.out.iter().map(|(p, s)| (p.clone(), s.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Envelopes of the channel to `peer` from `first` on, as the bytes that were hashed.
+    pub fn outbox_batch(
+        &self,
+        peer: &str,
+        first: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, super::RegistryError> {
+        let mut out = Vec::new();
+        for (seq, entry) in self.store.outbox_from(peer, first, max_count, max_bytes)? {
+            let key = OutboxKey { peer: peer.to_owned(), seq }.encode();
+            out.push((seq, self.data_key.open(&key, &entry.sealed)?.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Creation time of the oldest envelope the peer has not acked.
+    pub fn oldest_pending_ms(&self, peer: &str, acked: u64) -> Result<Option<i64>, StorageError> {
+        Ok(self.store.outbox_from(peer, acked + 1, 1, usize::MAX)?.first().map(|(_, e)| e.created_at_ms))
+    }
+
+    /// Records that `peer` applied everything up to `acked`: those envelopes leave the
+    /// outbox (the message log keeps their trace).
+    pub fn ack(&self, peer: &str, acked: u64) -> Result<(), AckError> {
+        let mut writer = self.lock();
+        let mut state = writer.out.get(peer).cloned().unwrap_or_default();
+        if acked > state.head_seq {
+            return Err(AckError::BeyondHead { peer: peer.to_owned(), acked, head: state.head_seq });
+        }
+        if acked <= state.acked_seq {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        batch.delete_outbox(peer, state.acked_seq + 1, acked);
+        state.acked_seq = acked;
+        batch.put_out_channel(peer, &state);
+        batch.commit()?;
+        writer.out.insert(peer.to_owned(), state);
+        Ok(())
+    }
+
+    /// Message-log entries after `after`.
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogRecord)>, StorageError> {
+        self.store.log_after(after, limit)
+    }
+}

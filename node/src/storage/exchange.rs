@@ -1,0 +1,221 @@
+//! Storage of the exchange: outbox, channel state, message log and due items, read by
+//! [`Store`] and written only through a [`Batch`], together with the change that caused
+//! them.
+
+use rocksdb::{Direction, IteratorMode};
+
+use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey};
+use super::records::{DueItem, InChannel, LogRecord, OutChannel, OutboxEntry};
+use super::{Batch, StorageError, Store, cf, codec};
+
+fn corrupt(what: &'static str) -> impl Fn(super::keys::KeyDecodeError) -> StorageError {
+    move |e| StorageError::Corrupt { what, detail: e.to_string() }
+}
+
+impl Store {
+    /// Every channel this node sends on, in peer order.
+    pub fn out_channels(&self) -> Result<Vec<(String, OutChannel)>, StorageError> {
+        let prefix = ChannelKey::out_prefix();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::CHANNELS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let ChannelKey::Out { peer } = ChannelKey::decode(&k).map_err(corrupt("channel key"))? else {
+                break;
+            };
+            out.push((peer, codec::decode("outbound channel", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every channel this node receives on, as `(from, to, state)`.
+    pub fn in_channels(&self) -> Result<Vec<(String, String, InChannel)>, StorageError> {
+        let prefix = ChannelKey::in_prefix();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::CHANNELS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let ChannelKey::In { from, to } = ChannelKey::decode(&k).map_err(corrupt("channel key"))? else {
+                break;
+            };
+            out.push((from, to, codec::decode("inbound channel", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn in_channel(&self, from: &str, to: &str) -> Result<InChannel, StorageError> {
+        let key = ChannelKey::In { from: from.to_owned(), to: to.to_owned() }.encode();
+        Ok(self
+            .db
+            .get_cf(self.cf(cf::CHANNELS), key)?
+            .map(|v| codec::decode("inbound channel", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Envelopes of the channel to `peer` from `first` on: at most `max_count`, and no more
+    /// than `max_bytes` in all unless the first alone is larger.
+    pub fn outbox_from(
+        &self,
+        peer: &str,
+        first: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StorageError> {
+        let prefix = OutboxKey::channel_prefix(peer);
+        let start = OutboxKey { peer: peer.to_owned(), seq: first }.encode();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in self.db.iterator_cf(self.cf(cf::OUTBOX), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() == max_count || (!out.is_empty() && bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            let key = OutboxKey::decode(&k).map_err(corrupt("outbox key"))?;
+            out.push((key.seq, codec::decode("outbox entry", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Index of the last message-log entry (0 when the log is empty).
+    pub fn log_head(&self) -> Result<u64, StorageError> {
+        match self.meta(MetaKey::LogHead)? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt { what: "log head", detail: format!("{} bytes", v.len()) })?,
+            )),
+        }
+    }
+
+    /// Message-log entries after `after`, at most `limit`.
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogRecord)>, StorageError> {
+        let start = LogKey(after.saturating_add(1)).encode();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::LOG), IteratorMode::From(&start, Direction::Forward)).take(limit) {
+            let (k, v) = item?;
+            let key = LogKey::decode(&k).map_err(corrupt("log key"))?;
+            out.push((key.0, codec::decode("log entry", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every open due item.
+    pub fn due_items(&self) -> Result<Vec<(DueKey, DueItem)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::DUE), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((DueKey::decode(&k).map_err(corrupt("due key"))?, codec::decode("due item", &v)?));
+        }
+        Ok(out)
+    }
+}
+
+impl Batch<'_> {
+    pub fn put_outbox(&mut self, peer: &str, seq: u64, entry: &OutboxEntry) {
+        let key = OutboxKey { peer: peer.to_owned(), seq }.encode();
+        self.inner.put_cf(self.store.cf(cf::OUTBOX), key, codec::encode(entry));
+    }
+
+    /// Removes the channel's envelopes with `first <= seq <= last`.
+    pub fn delete_outbox(&mut self, peer: &str, first: u64, last: u64) {
+        let from = OutboxKey { peer: peer.to_owned(), seq: first }.encode();
+        let to = match last.checked_add(1) {
+            Some(end) => OutboxKey { peer: peer.to_owned(), seq: end }.encode(),
+            None => {
+                let mut end = OutboxKey::channel_prefix(peer);
+                *end.last_mut().expect("non-empty") += 1;
+                end
+            }
+        };
+        self.inner.delete_range_cf(self.store.cf(cf::OUTBOX), from, to);
+    }
+
+    pub fn put_out_channel(&mut self, peer: &str, state: &OutChannel) {
+        let key = ChannelKey::Out { peer: peer.to_owned() }.encode();
+        self.inner.put_cf(self.store.cf(cf::CHANNELS), key, codec::encode(state));
+    }
+
+    pub fn put_in_channel(&mut self, from: &str, to: &str, state: &InChannel) {
+        let key = ChannelKey::In { from: from.to_owned(), to: to.to_owned() }.encode();
+        self.inner.put_cf(self.store.cf(cf::CHANNELS), key, codec::encode(state));
+    }
+
+    /// Appends log entry `index`, which must follow the stored head by one.
+    pub fn put_log(&mut self, index: u64, record: &LogRecord) {
+        self.inner.put_cf(self.store.cf(cf::LOG), LogKey(index).encode(), codec::encode(record));
+        self.inner.put_cf(self.store.cf(cf::META), MetaKey::LogHead.encode(), index.to_be_bytes());
+    }
+
+    pub fn put_due(&mut self, key: &DueKey, item: &DueItem) {
+        self.inner.put_cf(self.store.cf(cf::DUE), key.encode(), codec::encode(item));
+    }
+
+    pub fn delete_due(&mut self, key: &DueKey) {
+        self.inner.delete_cf(self.store.cf(cf::DUE), key.encode());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> OutboxEntry {
+        OutboxEntry { created_at_ms: i64::from(n), sealed: vec![n; 10] }
+    }
+
+    #[test]
+    fn outbox_reads_one_channel_in_order_within_limits_and_deletes_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "410103007", false).unwrap();
+        let mut batch = store.batch();
+        for seq in 1..=5u8 {
+            batch.put_outbox("411421", u64::from(seq), &entry(seq));
+            batch.put_outbox("41142", u64::from(seq), &entry(seq + 100));
+        }
+        batch.commit().unwrap();
+        let all: Vec<u64> = store.outbox_from("411421", 1, 100, 1 << 20).unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(all, [1, 2, 3, 4, 5]);
+        assert_eq!(store.outbox_from("411421", 3, 2, 1 << 20).unwrap().len(), 2);
+        let encoded = codec::encode(&entry(1)).len();
+        assert_eq!(store.outbox_from("411421", 1, 100, encoded * 2).unwrap().len(), 2);
+        assert_eq!(store.outbox_from("411421", 1, 100, 1).unwrap().len(), 1, "the first always fits");
+        let mut batch = store.batch();
+        batch.delete_outbox("411421", 1, 3);
+        batch.commit().unwrap();
+        let rest: Vec<u64> = store.outbox_from("411421", 1, 100, 1 << 20).unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(rest, [4, 5]);
+        assert_eq!(store.outbox_from("41142", 1, 100, 1 << 20).unwrap().len(), 5, "other channel untouched");
+    }
+
+    #[test]
+    fn channels_log_and_due_items_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "410103007", false).unwrap();
+        let mut batch = store.batch();
+        batch.put_out_channel("411421", &OutChannel { head_seq: 3, head_hash: vec![1], acked_seq: 2 });
+        batch.put_in_channel("411421", "410103007", &InChannel { applied_seq: 9, ..Default::default() });
+        batch.put_log(1, &LogRecord { seq: 1, ..Default::default() });
+        batch.put_log(2, &LogRecord { seq: 2, ..Default::default() });
+        let due = DueKey { person: crate::crypto::PersonKey([7; 32]), what: 1 };
+        batch.put_due(&due, &DueItem { due_day: 5, ..Default::default() });
+        batch.commit().unwrap();
+        assert_eq!(store.out_channels().unwrap()[0].1.head_seq, 3);
+        assert_eq!(store.in_channels().unwrap()[0].2.applied_seq, 9);
+        assert_eq!(store.in_channel("411421", "410103007").unwrap().applied_seq, 9);
+        assert_eq!(store.in_channel("411422", "410103007").unwrap(), InChannel::default());
+        assert_eq!(store.log_head().unwrap(), 2);
+        assert_eq!(store.log_after(1, 10).unwrap().iter().map(|e| e.0).collect::<Vec<_>>(), [2]);
+        assert_eq!(store.due_items().unwrap().len(), 1);
+        let mut batch = store.batch();
+        batch.delete_due(&due);
+        batch.commit().unwrap();
+        assert!(store.due_items().unwrap().is_empty());
+    }
+}
