@@ -28,6 +28,10 @@ pub enum Command {
         /// Synthetic in-migrants registered at each destination node.
         #[arg(long, default_value_t = 50)]
         persons: u32,
+        /// A new move-in this often, in milliseconds (every fifth tick a move-out too);
+        /// 0 stops the stream.
+        #[arg(long, default_value_t = 1000)]
+        stream_interval_ms: u64,
     },
     /// Serve the signed directory (gRPC `ldx.v1.Directory`) until SIGTERM or Ctrl-C.
     Run {
@@ -124,8 +128,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { dir, persons } => {
-                let options = demo::DemoOptions { dir, persons_per_node: persons };
+            Command::Demo { dir, persons, stream_interval_ms } => {
+                let stream_every =
+                    (stream_interval_ms > 0).then(|| std::time::Duration::from_millis(stream_interval_ms));
+                let options = demo::DemoOptions { dir, persons_per_node: persons, stream_every };
                 demo::run(options, ldx_node::cli::shutdown_signal(), print_ready).await
             }
             Command::Run { pki, listen, addr_file } => run_gateway(pki.dir, listen, addr_file).await,
@@ -142,17 +148,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn print_ready(nodes: &[demo::DemoNode], root: &std::path::Path) {
-    println!("ldx demo federation: {} nodes, files in {}", nodes.len(), root.display());
+fn print_ready(ready: &demo::DemoReady) {
+    let nodes = &ready.nodes;
+    println!("ldx demo federation: {} nodes, files in {}", nodes.len(), ready.root.display());
+    println!("gateway (signed directory): http://{}", ready.gateway);
     println!();
-    println!("{:<10} {:<12} {:<22} NAME", "DIVISION", "ROLE", "STAFF API");
+    println!("{:<10} {:<12} {:<22} {:<24} NAME", "DIVISION", "ROLE", "STAFF API", "PEER API (mTLS)");
     for node in nodes {
         let role = if demo::DESTINATIONS.contains(&node.division.as_str()) { "destination" } else { "origin" };
-        println!("{:<10} {:<12} {:<22} {}", node.division, role, format!("http://{}", node.api), node.division.name());
+        println!(
+            "{:<10} {:<12} {:<22} {:<24} {}",
+            node.division,
+            role,
+            format!("http://{}", node.api),
+            format!("https://{}", node.peer),
+            node.division.name()
+        );
     }
     if let Some(first) = nodes.first() {
         println!();
         println!("try, in another terminal:");
+        println!("  cargo run -p ldx-node -- status --config {}", first.config.display());
         println!("  cargo run -p ldx-node -- person list --config {}", first.config.display());
         println!("  grpcurl -plaintext {} list", first.api);
     }

@@ -1,8 +1,9 @@
-//! `ldx-gateway demo`: a whole federation on this machine. Nodes with real division codes
-//! (Erqi district street offices and the origin counties of their in-migrants), fresh keys
-//! in a temporary directory, and synthetic people registered at both ends.
+//! `ldx-gateway demo`: a whole federation on this machine. A fresh PKI, the gateway serving
+//! the signed directory, nodes with real division codes (Erqi district street offices and
+//! the origin counties of their in-migrants) syncing over mutual TLS, synthetic people
+//! registered at the street offices, and a steady stream of move-ins and move-outs.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use chrono::Days;
@@ -10,22 +11,30 @@ use ldx_node::clock::{Clock, SystemClock};
 use ldx_node::config::Config;
 use ldx_node::crypto::write_new_key_file;
 use ldx_node::domain::Division;
+use ldx_proto::v1 as pb;
+use ldx_proto::v1::monitor_client::MonitorClient;
 use ldx_proto::v1::registry_client::RegistryClient;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
-use crate::synthetic;
+use crate::{directory, pki, server, synthetic};
 
 /// Destination street offices in Zhengzhou's Erqi district.
 pub const DESTINATIONS: [&str; 4] = ["410103007", "410103003", "410103008", "410103012"];
 /// Origin counties of the synthetic in-migrants.
 pub const ORIGINS: [&str; 3] = ["411421", "411723", "410122"];
+/// How long the seeded notices may take to reach their origins.
+const SEED_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Where node directories go; a fresh temporary directory when `None`.
+    /// Where the PKI and node directories go; a fresh temporary directory when `None`.
     pub dir: Option<PathBuf>,
-    /// Synthetic in-migrants registered at each destination.
+    /// Synthetic in-migrants registered at each destination before the demo is ready.
     pub persons_per_node: u32,
+    /// One new move-in (and now and then a move-out) this often; `None`: no stream.
+    pub stream_every: Option<Duration>,
 }
 
 /// One node of the running demo.
@@ -33,15 +42,28 @@ pub struct DemoOptions {
 pub struct DemoNode {
     pub division: Division,
     pub api: SocketAddr,
+    pub peer: SocketAddr,
     pub config: PathBuf,
 }
 
+/// What the demo prints once it is ready.
+#[derive(Debug, Clone)]
+pub struct DemoReady {
+    pub nodes: Vec<DemoNode>,
+    pub root: PathBuf,
+    pub gateway: SocketAddr,
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Runs the demo federation until `shutdown` resolves. `ready` is called once every node
-/// serves and the synthetic records are in.
+/// serves, the synthetic records are in and their notices have reached the origins.
 pub async fn run(
     options: DemoOptions,
     shutdown: impl std::future::Future<Output = ()>,
-    ready: impl FnOnce(&[DemoNode], &std::path::Path),
+    ready: impl FnOnce(&DemoReady),
 ) -> anyhow::Result<()> {
     let temp;
     let root = match &options.dir {
@@ -51,87 +73,188 @@ pub async fn run(
             temp.path().to_owned()
         }
     };
-    std::fs::create_dir_all(&root)?;
-    let salt = root.join("federation.salt");
-    if !salt.exists() {
-        write_new_key_file(&salt, "ldx demo federation salt")?;
+    let pki_dir = root.join("pki");
+    if !pki_dir.join(pki::CA_CERT).exists() {
+        pki::init(&pki_dir)?;
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let gateway = gateway_listener.local_addr()?;
+    let gateway_task = tokio::spawn(server::run(pki_dir.clone(), gateway_listener, stopped(stop_rx.clone())));
+
     let mut nodes = Vec::new();
     let mut tasks = Vec::new();
     for code in DESTINATIONS.iter().chain(&ORIGINS) {
-        let (node, task) = start_node(&root, &salt, code, stop_rx.clone()).await?;
+        let (node, task) = start_node(&root, &pki_dir, code, gateway, stop_rx.clone()).await?;
+        let issued = pki::node_dir(&pki_dir, code);
+        directory::add(
+            &pki_dir,
+            code,
+            &format!("https://{}", node.peer),
+            &issued.join(pki::NODE_CERT),
+            &issued.join(pki::SIGNING_PUB),
+        )?;
         nodes.push(node);
         tasks.push(task);
     }
 
     seed(&nodes, options.persons_per_node).await?;
-    ready(&nodes, &root);
+    wait_synced(&nodes).await?;
+    ready(&DemoReady { nodes: nodes.clone(), root: root.clone(), gateway });
+    let stream = options.stream_every.map(|every| {
+        let nodes = nodes.clone();
+        let first = options.persons_per_node * DESTINATIONS.len() as u32;
+        tokio::spawn(stream(nodes, first, every, stop_rx.clone()))
+    });
     shutdown.await;
     let _ = stop_tx.send(true);
+    if let Some(stream) = stream {
+        stream.await??;
+    }
     for task in tasks {
         task.await??;
     }
+    gateway_task.await??;
     Ok(())
 }
 
 async fn start_node(
-    root: &std::path::Path,
-    salt: &std::path::Path,
+    root: &Path,
+    pki_dir: &Path,
     code: &str,
-    mut stop: watch::Receiver<bool>,
+    gateway: SocketAddr,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(DemoNode, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let division = Division::parse_node_level("division", code)?;
+    let issued = pki::node_dir(pki_dir, code);
+    if !issued.exists() {
+        pki::issue(pki_dir, code)?;
+    }
     let dir = root.join(code);
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("ldx-node.toml");
     if !config_path.exists() {
         write_new_key_file(&dir.join("data.key"), &format!("ldx data key of demo node {code}"))?;
-        std::fs::copy(salt, dir.join("federation.salt"))?;
         std::fs::write(&config_path, Config::starter(&division, "127.0.0.1:0"))?;
     }
     let mut config = Config::load(&config_path, std::iter::empty())?;
+    config.federation_salt_file = pki_dir.join(pki::FEDERATION_SALT);
     config.storage.sync_writes = false;
-    let listener = tokio::net::TcpListener::bind(config.api_addr()?).await?;
-    let api = listener.local_addr()?;
+    config.peer.listen = "127.0.0.1:0".into();
+    config.peer.ca_file = pki_dir.join(pki::CA_CERT);
+    config.peer.cert_file = issued.join(pki::NODE_CERT);
+    config.peer.key_file = issued.join(pki::NODE_KEY);
+    config.peer.signing_key_file = issued.join(pki::SIGNING_KEY);
+    config.directory.gateway = format!("http://{gateway}");
+    config.directory.federation_key_file = pki_dir.join(pki::FEDERATION_PUB);
+    config.directory.poll_interval_ms = 500;
+    config.exchange.backoff_initial_ms = 50;
+    config.exchange.backoff_max_ms = 2_000;
+    let api_listener = TcpListener::bind(config.api_addr()?).await?;
+    let peer_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (api, peer) = (api_listener.local_addr()?, peer_listener.local_addr()?);
     let code = code.to_owned();
     let task = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        ldx_node::node::run(config, Arc::new(SystemClock), listener, stopped)
+        ldx_node::node::run_with_peer(config, Arc::new(SystemClock), api_listener, Some(peer_listener), stopped(stop))
             .await
             .with_context(|| format!("node {code}"))
     });
-    Ok((DemoNode { division, api, config: config_path }, task))
+    Ok((DemoNode { division, api, peer, config: config_path }, task))
 }
 
-/// Registers synthetic in-migrants at each destination and their out-migrant records at
-/// their origin counties.
+fn is_destination(node: &DemoNode) -> bool {
+    DESTINATIONS.contains(&node.division.as_str())
+}
+
+/// Registers synthetic in-migrants at each destination; their notices tell the origins.
 async fn seed(nodes: &[DemoNode], per_node: u32) -> anyhow::Result<()> {
     let today = SystemClock.today();
-    let mut origin_clients = std::collections::HashMap::new();
-    for node in nodes.iter().filter(|n| ORIGINS.contains(&n.division.as_str())) {
-        origin_clients.insert(node.division.as_str().to_owned(), connect(node).await?);
-    }
-    for (d, node) in nodes.iter().filter(|n| DESTINATIONS.contains(&n.division.as_str())).enumerate() {
-        let mut client = connect(node).await?;
+    for (d, node) in nodes.iter().filter(|n| is_destination(n)).enumerate() {
+        let mut client = RegistryClient::new(connect(node).await?);
         for i in 0..per_node {
             let n = u32::try_from(d)? * per_node + i;
             let origin = ORIGINS[(n as usize) % ORIGINS.len()];
-            let person = synthetic::person(origin, n);
             let moved_in = today - Days::new(u64::from(n % 300) + 1);
-            client.register_move_in(person.move_in(node.division.as_str(), moved_in, synthetic::category(n))).await?;
-            let origin_client = origin_clients.get_mut(origin).context("origin node")?;
-            origin_client.register_move_in(person.out_migrant(moved_in)).await?;
+            let request =
+                synthetic::person(origin, n).move_in(node.division.as_str(), moved_in, synthetic::category(n));
+            client.register_move_in(request).await?;
         }
     }
     Ok(())
 }
 
-async fn connect(node: &DemoNode) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
+/// Waits until no node has an envelope its peer has not acknowledged.
+async fn wait_synced(nodes: &[DemoNode]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SEED_SYNC_TIMEOUT;
+    let mut monitors = Vec::new();
+    for node in nodes {
+        monitors.push(MonitorClient::new(connect(node).await?));
+    }
+    loop {
+        let mut pending = 0;
+        for monitor in &mut monitors {
+            let status = monitor.status(pb::StatusRequest {}).await?.into_inner();
+            pending += status.outbound.iter().map(|c| c.pending).sum::<u64>();
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{pending} envelopes still unacknowledged after {SEED_SYNC_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A move-in at the next destination every `every`; every fifth tick, the oldest streamed
+/// person moves on to the next street office.
+async fn stream(
+    nodes: Vec<DemoNode>,
+    first: u32,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let destinations: Vec<_> = nodes.iter().filter(|n| is_destination(n)).collect();
+    let mut clients = Vec::new();
+    for node in &destinations {
+        clients.push(RegistryClient::new(connect(node).await?));
+    }
+    let mut ticker = tokio::time::interval(every);
+    let mut moved = first;
+    for n in first.. {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let today = SystemClock.today();
+        let d = (n as usize) % destinations.len();
+        let origin = ORIGINS[(n as usize) % ORIGINS.len()];
+        let request =
+            synthetic::person(origin, n).move_in(destinations[d].division.as_str(), today, synthetic::category(n));
+        if let Err(e) = clients[d].register_move_in(request).await {
+            tracing::warn!(error = %e, "demo stream: move-in refused");
+        }
+        if n % 5 == 4 {
+            let d = (moved as usize) % destinations.len();
+            let person = synthetic::person(ORIGINS[(moved as usize) % ORIGINS.len()], moved);
+            let next = destinations[(d + 1) % destinations.len()].division.as_str().to_owned();
+            let request = pb::RegisterMoveOutRequest {
+                id_number: person.id_number.clone(),
+                date: today.to_string(),
+                next_division: next,
+            };
+            if let Err(e) = clients[d].register_move_out(request).await {
+                tracing::warn!(error = %e, "demo stream: move-out refused");
+            }
+            moved += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn connect(node: &DemoNode) -> anyhow::Result<Channel> {
     // The node task may still be opening its store: the socket is already bound, so the
     // connection waits in its backlog until the server starts accepting.
-    Ok(RegistryClient::connect(format!("http://{}", node.api)).await?)
+    Ok(Channel::from_shared(format!("http://{}", node.api))?.connect().await?)
 }

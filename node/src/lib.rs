@@ -9,6 +9,7 @@ pub mod directory;
 pub mod domain;
 pub mod exchange;
 pub mod grpc;
+pub mod ledger;
 pub mod node;
 pub mod registry;
 pub mod storage;

@@ -59,6 +59,25 @@ pub async fn run(
     api: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let peer = match config.peer_addr()? {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Io { what: format!("cannot listen on peer.listen {addr}"), source })?,
+        ),
+        None => None,
+    };
+    run_with_peer(config, clock, api, peer, shutdown).await
+}
+
+/// Like [`run`], with the peer listener bound by the caller too (`None`: no sync).
+pub async fn run_with_peer(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    api: TcpListener,
+    peer_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
     let data_key =
         DataKey::load(&config.data_key_file).map_err(|source| NodeError::Key { key: "data_key_file", source })?;
     let salt = FederationSalt::load(&config.federation_salt_file)
@@ -80,7 +99,7 @@ pub async fn run(
     // The peer side: directory, channels and the mutual-TLS listener.
     let stats = Stats::default();
     let mut peer = None;
-    if let Some(peer_addr) = config.peer_addr()? {
+    if let Some(listener) = peer_listener {
         let tls = PeerTls::load(&config.peer)?;
         let signing_key = SignKey::load(&config.peer.signing_key_file)
             .map_err(|source| NodeError::SigningKey { key: "peer.signing_key_file", source })?;
@@ -94,9 +113,6 @@ pub async fn run(
         let router =
             Arc::new(move |code: &str| routes.current().and_then(|d| d.route(code).map(|e| e.division.clone())));
         registry = registry.with_exchange(ExchangeHooks { router, wake, deadlines: config.deadlines.clone() });
-        let listener = TcpListener::bind(peer_addr)
-            .await
-            .map_err(|source| NodeError::Io { what: format!("cannot listen on peer.listen {peer_addr}"), source })?;
         peer = Some((listener, tls, signing_key, directory, woken));
     }
     let registry = Arc::new(registry);

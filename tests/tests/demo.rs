@@ -1,5 +1,6 @@
-//! `ldx-gateway demo`, the README's first command: it must start, serve synthetic records
-//! on every node, and stop cleanly on SIGTERM.
+//! `ldx-gateway demo`, the README's first command: it must start a syncing federation,
+//! with every street office's in-migrants known at their origins, and stop cleanly on
+//! SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,7 +15,7 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_ldx-gateway-harness");
 async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(GATEWAY)
-        .args(["demo", "--persons", "6", "--dir"])
+        .args(["demo", "--persons", "6", "--stream-interval-ms", "0", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -39,7 +40,7 @@ async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
             break;
         }
         let cols: Vec<_> = line.split_whitespace().collect();
-        if cols.len() >= 3 && cols[2].starts_with("http://") {
+        if cols.len() >= 4 && cols[2].starts_with("http://") && cols[3].starts_with("https://") {
             nodes.push((cols[0].to_owned(), cols[1].to_owned(), cols[2].to_owned()));
         }
     }
@@ -58,15 +59,23 @@ async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
         match role.as_str() {
             "destination" => {
                 assert_eq!(persons.len(), 6, "{division}");
+                for p in &persons {
+                    let sync = p.sync.clone().unwrap_or_default();
+                    assert_eq!(sync.feedback, "received", "{division}: her origin's feedback came back");
+                }
                 destination_total += persons.len();
             }
             _ => {
                 assert!(persons.iter().all(|p| p.role == pb::Role::Origin as i32));
+                for p in &persons {
+                    let sync = p.sync.clone().unwrap_or_default();
+                    assert!(sync.notified_by.starts_with("410103"), "{division}: notified by a street office");
+                }
                 origin_total += persons.len();
             }
         }
     }
-    assert_eq!(origin_total, destination_total, "every in-migrant has her origin record");
+    assert_eq!(origin_total, destination_total, "every in-migrant's notice reached her origin");
 
     assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(30);

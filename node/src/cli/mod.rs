@@ -3,6 +3,7 @@
 
 mod client;
 mod init;
+mod ledger;
 mod output;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
@@ -47,6 +48,13 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: ServiceCommand,
+    },
+    /// The ledger (台帐) as CSV: import rows as registrations, export every person.
+    Ledger {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Replication status: every channel's head, acked and pending envelopes, and errors.
     Status {
@@ -188,6 +196,25 @@ pub enum ServiceCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Register every row of a ledger CSV (a move-in, and a move-out when it has a date);
+    /// bad rows are reported and skipped, the rest are stored. Safe to repeat.
+    Import {
+        /// The ledger: UTF-8 CSV with a header row naming the columns (see README).
+        file: PathBuf,
+        /// Write the error report as CSV (row,field,message) to this file instead of printing it.
+        #[arg(long)]
+        errors: Option<PathBuf>,
+    },
+    /// Write every person at this node as a ledger CSV, which imports back unchanged.
+    Export {
+        /// Output file (created with mode 0600); default: standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RoleArg {
     Origin,
@@ -273,6 +300,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => run_node(&config).await,
         Command::Person { client, command } => client::person(&client, command).await,
         Command::Service { client, command } => client::service(&client, command).await,
+        Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,
         Command::Log { client, after, all } => client::log(&client, after, all).await,
     }

@@ -100,6 +100,8 @@ async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut 
     let initial = Duration::from_millis(ctx.config.backoff_initial_ms);
     let max = Duration::from_millis(ctx.config.backoff_max_ms).max(initial);
     let mut backoff = initial;
+    // The same failure again (a peer that stays down) is logged at debug level only.
+    let mut last_error = String::new();
     loop {
         if *shutdown.borrow() {
             return;
@@ -111,10 +113,20 @@ async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut 
             }
         }
         match session(&ctx, &peer, &notify, &mut shutdown).await {
-            Ok(()) => backoff = initial,
+            Ok(()) => {
+                backoff = initial;
+                last_error.clear();
+            }
             Err(e) => {
-                tracing::warn!(peer = %peer, error = %e, retry_in_ms = backoff.as_millis() as u64, "channel interrupted");
-                ctx.stats.update(&peer, |s| s.last_error = e.to_string());
+                let error = e.to_string();
+                let retry_in_ms = backoff.as_millis() as u64;
+                if error == last_error {
+                    tracing::debug!(peer = %peer, error = %error, retry_in_ms, "channel still interrupted");
+                } else {
+                    tracing::warn!(peer = %peer, error = %error, retry_in_ms, "channel interrupted");
+                }
+                ctx.stats.update(&peer, |s| s.last_error = error.clone());
+                last_error = error;
                 let jittered = backoff.mul_f64(rand::random_range(0.5..1.0));
                 tokio::select! {
                     () = tokio::time::sleep(jittered) => {}
