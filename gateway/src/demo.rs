@@ -151,6 +151,7 @@ async fn start_node(
     config.directory.poll_interval_ms = 500;
     config.exchange.backoff_initial_ms = 50;
     config.exchange.backoff_max_ms = 2_000;
+    config.metrics.listen = "127.0.0.1:0".into();
     let api_listener = TcpListener::bind(config.api_addr()?).await?;
     let peer_listener = TcpListener::bind("127.0.0.1:0").await?;
     let (api, peer) = (api_listener.local_addr()?, peer_listener.local_addr()?);

@@ -44,6 +44,17 @@ pub struct Config {
     pub exchange: ExchangeConfig,
     #[serde(default)]
     pub deadlines: DeadlineConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` endpoint, e.g. `127.0.0.1:9301`. Empty: not served.
+    #[serde(default)]
+    pub listen: String,
 }
 
 /// The peer API (`ldx.v1.Exchange`, and `ldx.v1.Monitor` for the gateway): mutual TLS only.
@@ -336,6 +347,7 @@ impl Config {
         })?;
         self.api_addr()?;
         self.peer_addr()?;
+        self.metrics_addr()?;
         if !self.directory.gateway.is_empty()
             && !(self.directory.gateway.starts_with("http://") || self.directory.gateway.starts_with("https://"))
         {
@@ -393,6 +405,23 @@ impl Config {
             value: self.peer.listen.clone(),
             rule: "must be empty or an IP address and port, e.g. 0.0.0.0:7302".into(),
         })
+    }
+
+    /// The `/metrics` address, or `None` when metrics are not served.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics.listen.is_empty() {
+            return Ok(None);
+        }
+        self.metrics.listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            key: "metrics.listen",
+            value: self.metrics.listen.clone(),
+            rule: "must be empty or an IP address and port, e.g. 127.0.0.1:9301".into(),
+        })
+    }
+
+    /// Where a running node writes the address its `/metrics` endpoint is bound to.
+    pub fn metrics_addr_file(&self) -> PathBuf {
+        self.data_dir.join("run").join("metrics.addr")
     }
 
     /// Where a running node writes the address its peer API is bound to.
@@ -456,6 +485,10 @@ gateway = ""
 federation_key_file = "pki/federation.pub"
 poll_interval_ms = 5000
 
+[metrics]
+# Prometheus /metrics (channel lag, pending, refusals), e.g. "127.0.0.1:9301". Empty: off.
+listen = ""
+
 [deadlines]
 # Days allowed for answers.
 feedback_days = 30
@@ -485,6 +518,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         directory: DirectoryConfig::default(),
         exchange: ExchangeConfig::default(),
         deadlines: DeadlineConfig::default(),
+        metrics: MetricsConfig::default(),
     })
     .expect("the config serialises to a table");
     for (var, raw) in env {
@@ -587,6 +621,7 @@ mod tests {
                 ("LDX_DEADLINES__TRANSFER_DAYS", "25"),
                 ("LDX_DEADLINES__HIRING_NOTICE_DAYS", "5"),
                 ("LDX_DEADLINES__CERTIFICATE_ANSWER_DAYS", "3"),
+                ("LDX_METRICS__LISTEN", "127.0.0.1:9301"),
                 ("LDX_CONFIG", "ignored"),
                 ("PATH", "ignored"),
             ]),
@@ -617,11 +652,12 @@ mod tests {
         assert_eq!(config.deadlines.transfer_days, 25);
         assert_eq!(config.deadlines.hiring_notice_days, 5);
         assert_eq!(config.deadlines.certificate_answer_days, 3);
+        assert_eq!(config.metrics_addr().unwrap().unwrap().port(), 9301);
 
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 25, "a new config key needs an override case above");
+        assert_eq!(count, 26, "a new config key needs an override case above");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod exchange;
 pub mod grpc;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod storage;

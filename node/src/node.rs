@@ -145,6 +145,17 @@ pub async fn run_with_peer(
         peer_server = Some(tokio::spawn(served));
     }
 
+    if let Some(addr) = config.metrics_addr()? {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Io { what: format!("cannot listen on metrics.listen {addr}"), source })?;
+        let bound =
+            listener.local_addr().map_err(|source| NodeError::Io { what: "metrics listener".into(), source })?;
+        write_atomically(&config.metrics_addr_file(), &format!("{bound}\n"))?;
+        tracing::info!(metrics = %bound, "serving /metrics");
+        tokio::spawn(crate::metrics::serve(listener, monitor.clone(), stop_rx.clone()));
+    }
+
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let addr = api.local_addr().map_err(|source| NodeError::Io { what: "api listener".into(), source })?;

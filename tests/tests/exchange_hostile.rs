@@ -30,6 +30,7 @@ struct Setup {
     foreign_pki: PathBuf,
     peer_addr: String,
     api_addr: String,
+    metrics_addr: String,
     salt: FederationSalt,
     stops: Vec<oneshot::Sender<()>>,
 }
@@ -97,6 +98,8 @@ signing_key_file = "{signing}"
 gateway = "http://{gateway_addr}"
 federation_key_file = "{federation}"
 poll_interval_ms = 100
+[metrics]
+listen = "127.0.0.1:0"
 "#,
         salt = pki.join("federation.salt").display(),
         ca = pki.join("ca.crt").display(),
@@ -107,7 +110,8 @@ poll_interval_ms = 100
     );
     std::fs::write(node_dir.join("node.toml"), config).unwrap();
     let config = ldx_node::config::Config::load(&node_dir.join("node.toml"), Vec::new()).unwrap();
-    let (api_file, peer_file) = (config.api_addr_file(), config.peer_addr_file());
+    let (api_file, peer_file, metrics_file) =
+        (config.api_addr_file(), config.peer_addr_file(), config.metrics_addr_file());
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     stops.push(stop);
@@ -116,8 +120,9 @@ poll_interval_ms = 100
     }));
     let api_addr = wait_for_file(&api_file).await;
     let peer_addr = wait_for_file(&peer_file).await;
+    let metrics_addr = wait_for_file(&metrics_file).await;
     let salt = FederationSalt::load(&pki.join("federation.salt")).unwrap();
-    let setup = Setup { _dir: dir, pki, foreign_pki, peer_addr, api_addr, salt, stops };
+    let setup = Setup { _dir: dir, pki, foreign_pki, peer_addr, api_addr, metrics_addr, salt, stops };
     // The receiver must have the directory before anyone can be recognised.
     let deadline = Instant::now() + Duration::from_secs(30);
     while setup.status().await.directory_version < 2 {
@@ -131,6 +136,17 @@ impl Setup {
     async fn status(&self) -> pb::StatusResponse {
         let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
         MonitorClient::new(channel).status(pb::StatusRequest {}).await.unwrap().into_inner()
+    }
+
+    /// `GET /metrics`, as Prometheus scrapes it.
+    async fn metrics(&self) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
     }
 
     async fn applied(&self) -> u64 {
@@ -297,6 +313,14 @@ async fn every_bad_batch_is_refused_and_the_channel_recovers() {
     let (hello, acked) = exchange(&mut client, signed(next, &key)).await.unwrap();
     assert_eq!((hello.last_applied_seq, acked), (3, 5));
     assert_eq!(s.applied().await, 5);
+
+    // The same figures on /metrics.
+    let (head, body) = s.metrics().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let line = format!("ldx_inbound_applied_seq{{node=\"{RECEIVER}\",peer=\"{SENDER}\",to=\"{RECEIVER}\"}} 5");
+    assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
+    assert!(body.contains("# TYPE ldx_channel_pending gauge"), "{body}");
     drop(s.stops);
 }
 

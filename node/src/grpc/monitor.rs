@@ -30,7 +30,8 @@ impl MonitorService {
         monitor_server::MonitorServer::new(self)
     }
 
-    fn status(&self) -> Result<pb::StatusResponse, String> {
+    /// The node's replication figures, as `Monitor.Status` returns them.
+    pub fn status_report(&self) -> Result<pb::StatusResponse, String> {
         let now = now_ms();
         let mut outbound = Vec::new();
         for (peer, state) in self.registry.outbound() {
@@ -82,7 +83,8 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl monitor_server::Monitor for MonitorService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let this = self.clone();
-        let status = tokio::task::spawn_blocking(move || this.status()).await.map_err(internal)?.map_err(internal)?;
+        let status =
+            tokio::task::spawn_blocking(move || this.status_report()).await.map_err(internal)?.map_err(internal)?;
         Ok(Response::new(status))
     }
 

@@ -1,0 +1,182 @@
+//! Prometheus `/metrics` of a node: the replication figures of `ldx.v1.Monitor` (exact
+//! per-channel lag) in the text exposition format, over a minimal HTTP/1.1 listener.
+
+use std::fmt::Write as _;
+
+use ldx_proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::grpc::monitor::MonitorService;
+
+/// Largest request head read before answering.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+/// The node's figures in Prometheus text format 0.0.4.
+pub fn render(status: &pb::StatusResponse) -> String {
+    let mut out = String::new();
+    let node = &status.division;
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{node=\"{node}\"{labels}}} {value}");
+        }
+    };
+    let outbound = |f: &dyn Fn(&pb::OutboundChannel) -> f64| -> Vec<(String, f64)> {
+        status.outbound.iter().map(|c| (format!(",peer=\"{}\"", c.peer), f(c))).collect()
+    };
+    let inbound = |f: &dyn Fn(&pb::InboundChannel) -> f64| -> Vec<(String, f64)> {
+        status.inbound.iter().map(|c| (format!(",peer=\"{}\",to=\"{}\"", c.peer, c.to), f(c))).collect()
+    };
+    family(
+        "ldx_directory_version",
+        "gauge",
+        "Version of the signed directory in use.",
+        vec![(String::new(), status.directory_version as f64)],
+    );
+    family(
+        "ldx_channel_head_seq",
+        "gauge",
+        "Last sequence number written to the channel.",
+        outbound(&|c| c.head_seq as f64),
+    );
+    family(
+        "ldx_channel_acked_seq",
+        "gauge",
+        "Last sequence number the peer acknowledged.",
+        outbound(&|c| c.acked_seq as f64),
+    );
+    family(
+        "ldx_channel_pending",
+        "gauge",
+        "Envelopes not yet acknowledged (head - acked): the lag in messages.",
+        outbound(&|c| c.pending as f64),
+    );
+    family(
+        "ldx_channel_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest unacknowledged envelope: the lag in time.",
+        outbound(&|c| c.oldest_pending_age_ms as f64 / 1000.0),
+    );
+    family(
+        "ldx_channel_last_contact_timestamp_seconds",
+        "gauge",
+        "When the peer last answered (0: never).",
+        outbound(&|c| c.last_contact_ms as f64 / 1000.0),
+    );
+    family(
+        "ldx_channel_sent_bytes_total",
+        "counter",
+        "Bytes of envelopes sent since the node started.",
+        outbound(&|c| c.bytes_sent as f64),
+    );
+    family(
+        "ldx_channel_sent_envelopes_total",
+        "counter",
+        "Envelopes sent since the node started.",
+        outbound(&|c| c.envelopes_sent as f64),
+    );
+    family(
+        "ldx_channel_up",
+        "gauge",
+        "1 when the last attempt to reach the peer succeeded.",
+        outbound(&|c| f64::from(u8::from(c.last_error.is_empty()))),
+    );
+    family(
+        "ldx_inbound_applied_seq",
+        "gauge",
+        "Last sequence number applied from the peer.",
+        inbound(&|c| c.applied_seq as f64),
+    );
+    family(
+        "ldx_inbound_refused_total",
+        "counter",
+        "Envelopes consumed without effect because the sender was not allowed to send them.",
+        inbound(&|c| c.refused as f64),
+    );
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, monitor: MonitorService, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let monitor = monitor.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let first_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (code, content_type, body) = if first_line.starts_with(b"GET /metrics ") {
+                match tokio::task::spawn_blocking(move || monitor.status_report()).await {
+                    Ok(Ok(status)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&status)),
+                    _ => ("500 Internal Server Error", "text/plain", "status unavailable; see the node's log\n".into()),
+                }
+            } else {
+                ("404 Not Found", "text/plain", "only GET /metrics is served here\n".into())
+            };
+            let response = format!(
+                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_channel_with_its_lag() {
+        let status = pb::StatusResponse {
+            division: "410103007".into(),
+            directory_version: 3,
+            outbound: vec![pb::OutboundChannel {
+                peer: "411421".into(),
+                head_seq: 10,
+                acked_seq: 4,
+                pending: 6,
+                oldest_pending_age_ms: 1500,
+                last_error: "cannot connect".into(),
+                ..Default::default()
+            }],
+            inbound: vec![pb::InboundChannel {
+                peer: "411421".into(),
+                to: "410103007".into(),
+                applied_seq: 7,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&status);
+        assert!(text.contains("ldx_channel_pending{node=\"410103007\",peer=\"411421\"} 6\n"), "{text}");
+        assert!(text.contains("ldx_channel_oldest_pending_seconds{node=\"410103007\",peer=\"411421\"} 1.5\n"));
+        assert!(text.contains("ldx_channel_up{node=\"410103007\",peer=\"411421\"} 0\n"));
+        assert!(text.contains("ldx_inbound_applied_seq{node=\"410103007\",peer=\"411421\",to=\"410103007\"} 7\n"));
+        assert!(text.contains("# TYPE ldx_channel_pending gauge\n"));
+        // Every sample line is `name{labels} number`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.ends_with('}'), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
