@@ -348,9 +348,8 @@ impl Config {
         self.api_addr()?;
         self.peer_addr()?;
         self.metrics_addr()?;
-        if !self.directory.gateway.is_empty()
-            && !(self.directory.gateway.starts_with("http://") || self.directory.gateway.starts_with("https://"))
-        {
+        let gateway = &self.directory.gateway;
+        if !(gateway.is_empty() || gateway.starts_with("http://") || gateway.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 key: "directory.gateway",
                 value: self.directory.gateway.clone(),

@@ -167,10 +167,10 @@ impl Inner {
                 return self.failed(format!("gateway {gateway} fetch failed: {}", status.message()));
             }
         };
-        if let Some(signed) = response.directory {
-            if let Err(reason) = self.take(signed, known_version) {
-                return self.failed(format!("directory from gateway {gateway} refused: {reason}"));
-            }
+        if let Some(signed) = response.directory
+            && let Err(reason) = self.take(signed, known_version)
+        {
+            return self.failed(format!("directory from gateway {gateway} refused: {reason}"));
         }
         let mut status = self.status();
         status.fetched_at_ms = now_ms();

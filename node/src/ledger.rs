@@ -174,8 +174,20 @@ impl Columns {
                 LedgerError::Header(format!("column {} is not UTF-8 (save the file as CSV UTF-8)", i + 1))
             })?;
             let Some(column) = COLUMNS.iter().find(|c| **c == name) else {
+                if !header.iter().any(|h| COLUMNS.iter().any(|c| c.as_bytes() == h)) {
+                    return Err(LedgerError::Header(format!(
+                        "the first row must name the columns: {}",
+                        COLUMNS.join(",")
+                    )));
+                }
+                // Quoted only when it looks like a column name: never a row's personal data.
+                let shown = if name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    format!("{name:?}")
+                } else {
+                    format!("{}", i + 1)
+                };
                 return Err(LedgerError::Header(format!(
-                    "unknown column {name:?}; the columns are {}",
+                    "unknown column {shown}; the columns are {}",
                     COLUMNS.join(",")
                 )));
             };
@@ -557,9 +569,12 @@ mod tests {
 
     #[test]
     fn header_errors_refuse_the_file() {
+        let e = read(b"", today()).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
         for (text, wanted) in [
-            (String::new(), "empty"),
+            (good_line(), "the first row must name the columns"),
             (HEADER.replace(",address", ""), "missing column address"),
+            (HEADER.replace("address", "住址"), "unknown column 7;"),
             (HEADER.replace("move_out_date", "move_out_dat"), "unknown column \"move_out_dat\""),
             (format!("{HEADER},name"), "column name appears twice"),
         ] {
@@ -567,6 +582,7 @@ mod tests {
             assert!(matches!(e, LedgerError::Header(_)), "{e}");
             assert!(e.to_string().contains(wanted), "{text}: {e}");
             assert!(e.to_string().starts_with("row 0 (header): "), "{e}");
+            assert!(!e.to_string().contains(&id()[6..14]), "an ID number in clear: {e}");
         }
     }
 

@@ -138,7 +138,7 @@ impl Registry {
         };
         let mut txn = Txn::new(self.store.batch());
         if m.role != crate::domain::Role::Origin {
-            self.notify_move_in(&writer, &mut txn, &key, &mut record, &secret, &m, req.urgent);
+            self.notify_move_in(&writer, &mut txn, &key, &mut record, &secret, &m);
         }
         txn.put_person(&key, record.clone());
         txn.audit("move_in", Some(&key));

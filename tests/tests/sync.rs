@@ -635,7 +635,7 @@ async fn cli_channel(node: &ClusterNode, peer: &str) -> anyhow::Result<(u64, u64
 fn samples(all: &[(Duration, u64)]) -> String {
     let step = all.len().div_ceil(12).max(1);
     let mut shown: Vec<_> = all.iter().step_by(step).collect();
-    if !all.is_empty() && (all.len() - 1) % step != 0 {
+    if !all.is_empty() && !(all.len() - 1).is_multiple_of(step) {
         shown.extend(all.last());
     }
     let text: Vec<_> = shown.iter().map(|(at, p)| format!("{p}@{:.2}s", at.as_secs_f64())).collect();

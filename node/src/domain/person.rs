@@ -87,6 +87,8 @@ pub struct MoveIn {
     pub date: NaiveDate,
     /// Her origin county: the explicit household division's county, else the ID's prefix.
     pub origin: Division,
+    /// Her origin's feedback is needed urgently (the shorter deadline).
+    pub urgent: bool,
 }
 
 impl MoveIn {
@@ -134,7 +136,7 @@ impl MoveIn {
             }
             _ => {}
         }
-        Ok(Self { id, name, phone, category, role, division, address, date, origin })
+        Ok(Self { id, name, phone, category, role, division, address, date, origin, urgent: req.urgent })
     }
 }
 

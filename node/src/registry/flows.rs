@@ -30,11 +30,10 @@ impl Registry {
         record: &mut PersonRecord,
         secret: &PersonSecret,
         m: &MoveIn,
-        urgent: bool,
     ) {
         let Some(peer) = self.peer_for(m.origin.as_str()) else { return };
         let deadlines = self.deadlines();
-        let days = if urgent { deadlines.feedback_urgent_days } else { deadlines.feedback_days };
+        let days = if m.urgent { deadlines.feedback_urgent_days } else { deadlines.feedback_days };
         let feedback_due = add_days(self.clock.today(), days);
         let notice = pb::MoveInNotice {
             person: Some(details(secret)),
