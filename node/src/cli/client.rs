@@ -148,7 +148,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, 
     Ok((RegistryClient::new(channel), config))
 }
 
-async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
+pub(super) async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
     let (endpoint, config) = match &args.endpoint {
         Some(e) if e.contains("://") => (e.clone(), None),
         Some(e) => (format!("http://{e}"), None),

@@ -18,7 +18,6 @@ use tonic::transport::Channel;
 
 use super::{ClientArgs, LedgerCommand};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
 use crate::ledger::{self, Row, RowError, Step};
 
 /// Requests in flight at once.
@@ -64,7 +63,7 @@ async fn import(args: &ClientArgs, file: &Path, errors_file: Option<&Path>) -> a
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let parsed = ledger::read(&bytes, SystemClock.today())?;
     drop(bytes);
-    let channel = connect_channel(args).await?;
+    let (channel, _) = super::client::connect_channel(args).await?;
     let started = Instant::now();
     let total = parsed.len();
     let mut errors = parsed.errors;
@@ -274,7 +273,7 @@ impl Progress {
 }
 
 async fn export(args: &ClientArgs, output: Option<&Path>) -> anyhow::Result<()> {
-    let mut client = RegistryClient::new(connect_channel(args).await?);
+    let mut client = RegistryClient::new(super::client::connect_channel(args).await?.0);
     let Some(path) = output else {
         let out = write_persons(&mut client, std::io::BufWriter::new(std::io::stdout())).await?;
         out.into_inner().map_err(|e| e.into_error()).context("writing to standard output")?;
@@ -324,28 +323,6 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
-}
-
-/// As the other staff subcommands connect: `--endpoint`, else the address the node named
-/// by `--config` wrote into its data directory, else its configured one.
-async fn connect_channel(args: &ClientArgs) -> anyhow::Result<Channel> {
-    let endpoint = match &args.endpoint {
-        Some(e) if e.contains("://") => e.clone(),
-        Some(e) => format!("http://{e}"),
-        None => {
-            let config = Config::load(&args.config, std::env::vars())
-                .with_context(|| format!("reading {} (or pass --endpoint)", args.config.display()))?;
-            let addr = std::fs::read_to_string(config.api_addr_file())
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| config.api.listen.clone());
-            format!("http://{addr}")
-        }
-    };
-    Channel::from_shared(endpoint.clone())
-        .with_context(|| format!("{endpoint} is not a valid address"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the node at {endpoint}; is it running?"))
 }
 
 #[cfg(test)]
