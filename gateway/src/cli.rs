@@ -43,6 +43,15 @@ pub enum Command {
         /// Write the bound address here once listening (useful with port 0).
         #[arg(long)]
         addr_file: Option<PathBuf>,
+        /// Serve Prometheus /metrics here, gathered from every node's status over mutual TLS.
+        #[arg(long, env = "LDX_GATEWAY_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+        /// Write the bound /metrics address here once listening.
+        #[arg(long)]
+        metrics_addr_file: Option<PathBuf>,
+        /// How often to ask every node for its status, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        collect_interval_ms: u64,
     },
     /// The federation CA, federation key and salt, and node certificates.
     Pki {
@@ -134,7 +143,10 @@ pub fn main() -> ExitCode {
                 let options = demo::DemoOptions { dir, persons_per_node: persons, stream_every };
                 demo::run(options, ldx_node::cli::shutdown_signal(), print_ready).await
             }
-            Command::Run { pki, listen, addr_file } => run_gateway(pki.dir, listen, addr_file).await,
+            Command::Run { pki, listen, addr_file, metrics_listen, metrics_addr_file, collect_interval_ms } => {
+                let metrics = MetricsArgs { listen: metrics_listen, addr_file: metrics_addr_file, collect_interval_ms };
+                run_gateway(pki.dir, listen, addr_file, metrics).await
+            }
             Command::Pki { command } => pki_command(command),
             Command::Directory { command } => directory_command(command),
         }
@@ -176,15 +188,45 @@ fn print_ready(ready: &demo::DemoReady) {
     println!("demo federation ready; Ctrl-C stops it");
 }
 
-async fn run_gateway(pki_dir: PathBuf, listen: SocketAddr, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+/// The `/metrics` flags of `run`.
+#[derive(Debug)]
+struct MetricsArgs {
+    listen: Option<SocketAddr>,
+    addr_file: Option<PathBuf>,
+    collect_interval_ms: u64,
+}
+
+async fn run_gateway(
+    pki_dir: PathBuf,
+    listen: SocketAddr,
+    addr_file: Option<PathBuf>,
+    metrics: MetricsArgs,
+) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}: cannot listen"))?;
+    let metrics_options = match metrics.listen {
+        Some(addr) => {
+            anyhow::ensure!(metrics.collect_interval_ms > 0, "--collect-interval-ms: 0 must be at least 1");
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+            if let Some(file) = &metrics.addr_file {
+                write_atomically(file, &format!("{}\n", listener.local_addr()?))?;
+            }
+            Some(server::MetricsOptions {
+                listener,
+                collect_every: std::time::Duration::from_millis(metrics.collect_interval_ms),
+            })
+        }
+        None => None,
+    };
     let ready = |addr: SocketAddr| match &addr_file {
         Some(file) => write_atomically(file, &format!("{addr}\n")),
         None => Ok(()),
     };
-    let served = server::run_with_ready(pki_dir, listener, ldx_node::cli::shutdown_signal(), ready).await;
-    if let Some(file) = &addr_file {
+    let served =
+        server::run_with_metrics(pki_dir, listener, metrics_options, ldx_node::cli::shutdown_signal(), ready).await;
+    for file in addr_file.iter().chain(&metrics.addr_file) {
         let _ = std::fs::remove_file(file);
     }
     Ok(served?)

@@ -3,6 +3,7 @@
 //! dashboard build on it.
 
 pub mod cli;
+pub mod collector;
 pub mod demo;
 pub mod directory;
 pub mod pki;

@@ -32,6 +32,10 @@ pub const NODE_CERT: &str = "node.crt";
 pub const NODE_KEY: &str = "node.key";
 pub const SIGNING_KEY: &str = "signing.key";
 pub const SIGNING_PUB: &str = "signing.pub";
+/// The gateway's own client identity, under the PKI directory.
+pub const GATEWAY_DIR: &str = "gateway";
+pub const GATEWAY_CERT: &str = "gateway.crt";
+pub const GATEWAY_KEY: &str = "gateway.key";
 
 /// Common name of the federation CA. The issuer of node certificates is rebuilt from
 /// these parameters and the stored CA key, so they must never change for an existing CA.
@@ -191,6 +195,40 @@ pub fn issue(dir: &Path, division: &str) -> Result<IssuedNode, PkiError> {
         let _ = fs::remove_dir_all(&node);
     }
     written.map(|()| issued)
+}
+
+/// The gateway's client certificate and key (URI SAN `ldx://gateway`), with which it reads
+/// every node's `Monitor` over mutual TLS; issued by the CA on first use.
+pub fn gateway_identity(dir: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
+    let gateway = dir.join(GATEWAY_DIR);
+    let (cert_path, key_path) = (gateway.join(GATEWAY_CERT), gateway.join(GATEWAY_KEY));
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let issuer = load_issuer(dir)?;
+    let key = generate_key("the gateway key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "ldx gateway");
+    params.subject_alt_names =
+        vec![SanType::URI(ia5("ldx://gateway".to_owned())?), SanType::DnsName(ia5("gateway.ldx".to_owned())?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, NODE_YEARS);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|source| PkiError::Generate { what: "the gateway certificate".into(), source })?;
+    fs::create_dir_all(&gateway).map_err(|source| PkiError::Write { path: gateway.display().to_string(), source })?;
+    let mut created = Created::default();
+    let written = created
+        .write_new(&key_path, key.serialize_pem().as_bytes(), true)
+        .and_then(|()| created.write_new(&cert_path, cert.pem().as_bytes(), false));
+    if written.is_err() {
+        created.remove_all();
+    }
+    written.map(|()| (cert_path, key_path))
 }
 
 /// SHA-256 of the DER of the first certificate in a PEM file.

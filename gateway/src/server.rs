@@ -32,6 +32,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving the directory: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("gateway identity: {0}")]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// Serves the directory of `pki_dir` on `listener` until `shutdown` resolves.
@@ -56,8 +58,60 @@ pub async fn run_with_ready(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(SocketAddr) -> std::io::Result<()>,
 ) -> Result<(), ServerError> {
+    run_with_metrics(pki_dir, listener, None, shutdown, ready).await
+}
+
+/// Where and how often the gateway gathers every node's status for `/metrics`.
+#[derive(Debug)]
+pub struct MetricsOptions {
+    pub listener: TcpListener,
+    pub collect_every: std::time::Duration,
+}
+
+/// Like [`run_with_ready`]; with `metrics`, the gateway also asks every node of the
+/// directory for its status over mutual TLS and serves the federation's replication
+/// figures as Prometheus text on `GET /metrics`.
+pub async fn run_with_metrics(
+    pki_dir: PathBuf,
+    listener: TcpListener,
+    metrics: Option<MetricsOptions>,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr) -> std::io::Result<()>,
+) -> Result<(), ServerError> {
     let service = DirectoryService::open(pki_dir)?;
     let version = service.current().map_or(0, |d| d.version());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut metrics_task = None;
+    if let Some(options) = metrics {
+        let collector = crate::collector::Collector::start(
+            service.clone(),
+            &service.pki_dir,
+            options.collect_every,
+            stop_rx.clone(),
+        )?;
+        let addr = options.listener.local_addr().map_err(ServerError::Listener)?;
+        tracing::info!(metrics = %addr, "serving /metrics");
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let collector = collector.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        crate::collector::render(&collector.snapshot()),
+                    )
+                }
+            }),
+        );
+        let mut stop = stop_rx.clone();
+        metrics_task = Some(tokio::spawn(async move {
+            axum::serve(options.listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DirectoryServer<DirectoryService>>().await;
@@ -67,13 +121,18 @@ pub async fn run_with_ready(
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
     tracing::info!(addr = %addr, pki = %service.pki_dir.display(), version, "gateway serving the directory");
     ready(addr).map_err(ServerError::Ready)?;
-    Server::builder()
+    let served = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(DirectoryServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    served?;
     tracing::info!("gateway stopped");
     Ok(())
 }

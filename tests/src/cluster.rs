@@ -267,6 +267,19 @@ impl Cluster {
         self.gateway.start().await
     }
 
+    /// The gateway's `GET /metrics` body (it gathers every node's status over mutual TLS).
+    pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = read_addr(&self.gateway.dir.join("metrics.addr")).context("the gateway serves no /metrics")?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP response")?;
+        ensure!(head.starts_with("HTTP/1.1 200"), "/metrics answered {head}");
+        Ok(body.to_owned())
+    }
+
     pub fn gateway_log(&self) -> String {
         std::fs::read_to_string(self.gateway.log_file()).unwrap_or_default()
     }
@@ -657,6 +670,8 @@ impl Gateway {
             .arg(&self.pki)
             .args(["--listen", &listen, "--addr-file"])
             .arg(&addr_file)
+            .args(["--metrics-listen", "127.0.0.1:0", "--collect-interval-ms", "200", "--metrics-addr-file"])
+            .arg(self.dir.join("metrics.addr"))
             .env("RUST_LOG", &self.log_filter)
             .env_remove("LDX_PKI")
             .env_remove("LDX_GATEWAY_LISTEN")

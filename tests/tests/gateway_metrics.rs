@@ -1,0 +1,72 @@
+//! The gateway's `/metrics`: it asks every node of the directory for its status over
+//! mutual TLS and shows which nodes answer and how far each channel lags, by the
+//! receiver's own applied seq against the sender's head.
+
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use ldx_gateway::synthetic;
+use ldx_tests::cluster::{Cluster, wait_until};
+
+const SENDER: &str = "410103007";
+const RECEIVER: &str = "411421";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The value of the sample `series` (name and labels, exactly), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn register(cluster: &Cluster, from: u32, count: u32) -> anyhow::Result<()> {
+    let mut client = cluster.node(SENDER).registry().await?;
+    let date = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+    for n in from..from + count {
+        let request = synthetic::person(RECEIVER, n).move_in(SENDER, date, synthetic::category(n));
+        client.register_move_in(request).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_shows_unreachable_nodes_and_channel_lag() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder().nodes([SENDER, RECEIVER]).start().await?;
+    register(&cluster, 0, 20).await?;
+    let lag = format!("ldx_channel_lag_messages{{from=\"{SENDER}\",to=\"{RECEIVER}\"}}");
+    let pending = format!("ldx_channel_pending{{node=\"{SENDER}\",peer=\"{RECEIVER}\"}}");
+    let up = format!("ldx_node_up{{node=\"{RECEIVER}\"}}");
+
+    let c = &cluster;
+    let waited = wait_until(WAIT, "the gateway sees both nodes up and the channel caught up", async || {
+        let Ok(text) = c.gateway_metrics().await else { return false };
+        sample(&text, &up) == Some(1.0)
+            && sample(&text, &format!("ldx_node_up{{node=\"{SENDER}\"}}")) == Some(1.0)
+            && sample(&text, &lag) == Some(0.0)
+            && sample(&text, &pending) == Some(0.0)
+    })
+    .await?;
+    eprintln!("gateway saw 20 notices applied at {RECEIVER} within {waited:.2?}");
+
+    cluster.node_mut(RECEIVER).stop().await?;
+    register(&cluster, 20, 30).await?;
+    let c = &cluster;
+    let waited = wait_until(WAIT, "the gateway marks the stopped node down and shows the lag", async || {
+        let Ok(text) = c.gateway_metrics().await else { return false };
+        sample(&text, &up) == Some(0.0) && sample(&text, &pending) == Some(30.0)
+    })
+    .await?;
+    let text = cluster.gateway_metrics().await?;
+    eprintln!(
+        "stopped {RECEIVER}: down and 30 pending within {waited:.2?}; lag from its last report {:?}",
+        sample(&text, &lag)
+    );
+
+    cluster.node_mut(RECEIVER).restart().await?;
+    let c = &cluster;
+    let waited = wait_until(WAIT, "the gateway sees the node back and the lag at 0", async || {
+        let Ok(text) = c.gateway_metrics().await else { return false };
+        sample(&text, &up) == Some(1.0) && sample(&text, &pending) == Some(0.0) && sample(&text, &lag) == Some(0.0)
+    })
+    .await?;
+    eprintln!("restarted {RECEIVER}: up with lag 0 within {waited:.2?}");
+    Ok(())
+}
