@@ -185,6 +185,22 @@ pub async fn serving_service(endpoint: &str, service: &str) -> bool {
     )
 }
 
+/// Every person registered at `node`, all pages.
+pub async fn all_persons(node: &TestNode) -> Vec<ldx_proto::v1::Person> {
+    let mut client = node.registry().await.unwrap();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = ldx_proto::v1::ListPersonsRequest { page_size: 1000, page_token: token, ..Default::default() };
+        let page = client.list_persons(request).await.unwrap().into_inner();
+        out.extend(page.persons);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
 /// Every file under `dir` that contains `needle`, for at-rest checks.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();

@@ -9,6 +9,7 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use ldx_gateway::synthetic;
 use ldx_proto::v1 as pb;
+use ldx_tests::all_persons;
 use ldx_tests::{Federation, TestNode};
 use prost::Message;
 
@@ -173,24 +174,6 @@ fn write_ledger(path: &Path) -> BTreeSet<(u32, String)> {
     }
     std::fs::write(path, text).unwrap();
     planted
-}
-
-async fn all_persons(node: &TestNode) -> Vec<pb::Person> {
-    let mut client = node.registry().await.unwrap();
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_persons(pb::ListPersonsRequest { page_size: 1000, page_token: token, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.persons);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
 }
 
 fn listing_bytes(persons: &[pb::Person]) -> Vec<u8> {

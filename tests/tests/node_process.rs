@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use ldx_gateway::synthetic;
 use ldx_proto::v1 as pb;
+use ldx_tests::all_persons;
 use ldx_tests::{Federation, TestNode, files_containing};
 use tonic::Code;
 
@@ -18,24 +19,6 @@ fn date(n: u32) -> NaiveDate {
 
 fn move_in(n: u32) -> pb::RegisterMoveInRequest {
     synthetic::person("411421", n).move_in(DIVISION, date(n), synthetic::category(n))
-}
-
-async fn all_persons(node: &TestNode) -> Vec<pb::Person> {
-    let mut client = node.registry().await.unwrap();
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_persons(pb::ListPersonsRequest { page_size: 1000, page_token: token, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.persons);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
