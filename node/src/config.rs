@@ -46,6 +46,8 @@ pub struct Config {
     pub deadlines: DeadlineConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub reports: ReportsConfig,
 }
 
 /// Prometheus metrics.
@@ -133,6 +135,23 @@ pub struct DeadlineConfig {
     /// Answer to a certificate query.
     #[serde(default = "defaults::certificate_answer_days")]
     pub certificate_answer_days: u32,
+    /// A quarter's service report: issued, and at her origin, by this many days after the
+    /// quarter's end (the 10th day by the service rules).
+    #[serde(default = "defaults::report_days")]
+    pub report_days: u32,
+    /// The origin's verdict on a report, counted from its arrival.
+    #[serde(default = "defaults::verdict_days")]
+    pub verdict_days: u32,
+}
+
+/// Quarterly service reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// How often the scheduled job issues the reports that are due (each resident with
+    /// services and a photo in the quarter and no report yet). 0: only on demand.
+    #[serde(default = "defaults::report_issue_interval_secs")]
+    pub issue_interval_secs: u64,
 }
 
 /// The staff API (`ldx.v1.Registry`).
@@ -230,6 +249,21 @@ mod defaults {
     pub fn certificate_answer_days() -> u32 {
         7
     }
+    pub fn report_days() -> u32 {
+        10
+    }
+    pub fn verdict_days() -> u32 {
+        15
+    }
+    pub fn report_issue_interval_secs() -> u64 {
+        600
+    }
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self { issue_interval_secs: defaults::report_issue_interval_secs() }
+    }
 }
 
 impl Default for PeerConfig {
@@ -274,6 +308,8 @@ impl Default for DeadlineConfig {
             transfer_days: defaults::transfer_days(),
             hiring_notice_days: defaults::hiring_notice_days(),
             certificate_answer_days: defaults::certificate_answer_days(),
+            report_days: defaults::report_days(),
+            verdict_days: defaults::verdict_days(),
         }
     }
 }
@@ -368,6 +404,8 @@ impl Config {
             ("deadlines.transfer_days", u64::from(self.deadlines.transfer_days)),
             ("deadlines.hiring_notice_days", u64::from(self.deadlines.hiring_notice_days)),
             ("deadlines.certificate_answer_days", u64::from(self.deadlines.certificate_answer_days)),
+            ("deadlines.report_days", u64::from(self.deadlines.report_days)),
+            ("deadlines.verdict_days", u64::from(self.deadlines.verdict_days)),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -495,6 +533,14 @@ feedback_urgent_days = 15
 transfer_days = 30
 hiring_notice_days = 7
 certificate_answer_days = 7
+# A quarter's report is due at the origin this many days after the quarter; the origin's
+# verdict this many days after the report arrived.
+report_days = 10
+verdict_days = 15
+
+[reports]
+# Seconds between runs of the job that issues due quarterly reports (0: on demand only).
+issue_interval_secs = 600
 "#,
             name = division.name(),
         )
@@ -518,6 +564,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         exchange: ExchangeConfig::default(),
         deadlines: DeadlineConfig::default(),
         metrics: MetricsConfig::default(),
+        reports: ReportsConfig::default(),
     })
     .expect("the config serialises to a table");
     for (var, raw) in env {
@@ -620,6 +667,9 @@ mod tests {
                 ("LDX_DEADLINES__TRANSFER_DAYS", "25"),
                 ("LDX_DEADLINES__HIRING_NOTICE_DAYS", "5"),
                 ("LDX_DEADLINES__CERTIFICATE_ANSWER_DAYS", "3"),
+                ("LDX_DEADLINES__REPORT_DAYS", "12"),
+                ("LDX_DEADLINES__VERDICT_DAYS", "14"),
+                ("LDX_REPORTS__ISSUE_INTERVAL_SECS", "0"),
                 ("LDX_METRICS__LISTEN", "127.0.0.1:9301"),
                 ("LDX_CONFIG", "ignored"),
                 ("PATH", "ignored"),
@@ -651,12 +701,15 @@ mod tests {
         assert_eq!(config.deadlines.transfer_days, 25);
         assert_eq!(config.deadlines.hiring_notice_days, 5);
         assert_eq!(config.deadlines.certificate_answer_days, 3);
+        assert_eq!(config.deadlines.report_days, 12);
+        assert_eq!(config.deadlines.verdict_days, 14);
+        assert_eq!(config.reports.issue_interval_secs, 0);
         assert_eq!(config.metrics_addr().unwrap().unwrap().port(), 9301);
 
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 26, "a new config key needs an override case above");
+        assert_eq!(count, 29, "a new config key needs an override case above");
     }
 
     #[test]

@@ -14,3 +14,6 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod storage;
+
+/// The storage engine, for the gateway's own history store (same build, same features).
+pub use rocksdb;

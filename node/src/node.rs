@@ -20,7 +20,7 @@ use crate::exchange::sender::{SenderContext, supervise};
 use crate::exchange::tls::{PeerTls, TlsFileError};
 use crate::grpc::monitor::MonitorService;
 use crate::grpc::registry::RegistryService;
-use crate::registry::{ExchangeHooks, Registry};
+use crate::registry::{ExchangeHooks, Registry, ReportHooks};
 use crate::storage::{StorageError, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +113,21 @@ pub async fn run_with_peer(
         let router =
             Arc::new(move |code: &str| routes.current().and_then(|d| d.route(code).map(|e| e.division.clone())));
         registry = registry.with_exchange(ExchangeHooks { router, wake, deadlines: config.deadlines.clone() });
+        // Reports and verdicts carry this node's own signature, checked against the
+        // directory's keys of the others.
+        let report_signer = signing_key.clone();
+        let keys = directory.clone();
+        registry = registry.with_reports(ReportHooks {
+            signer: report_signer,
+            keys: Arc::new(move |code: &str| keys.current().and_then(|d| d.signing_key(code))),
+        });
         peer = Some((listener, tls, signing_key, directory, woken));
     }
     let registry = Arc::new(registry);
+    if peer.is_some() && config.reports.issue_interval_secs > 0 {
+        let every = Duration::from_secs(config.reports.issue_interval_secs);
+        tokio::spawn(issue_reports_every(registry.clone(), every, stop_rx.clone()));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
@@ -183,6 +195,22 @@ pub async fn run_with_peer(
     drop(store);
     tracing::info!(division = %division, "node stopped");
     Ok(())
+}
+
+/// The scheduled job of quarterly reports: at start, then every `every`, until stopped.
+async fn issue_reports_every(registry: Arc<Registry>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let job = registry.clone();
+        match tokio::task::spawn_blocking(move || job.issue_due_reports()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "scheduled report job failed; retrying at the next run"),
+            Err(e) => tracing::warn!(error = %e, "scheduled report job panicked"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {

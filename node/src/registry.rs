@@ -18,9 +18,12 @@ use crate::storage::{Batch, StorageError, Store};
 
 mod apply;
 mod flows;
+mod reports;
 mod sync;
+mod work;
 
 pub use apply::{ApplyError, ApplyOutcome};
+pub use reports::{KeyLookup, ReportHooks};
 use sync::Txn;
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
 
@@ -65,6 +68,7 @@ pub struct Registry {
     division: Division,
     writer: Mutex<Writer>,
     exchange: Option<ExchangeHooks>,
+    reports: Option<ReportHooks>,
 }
 
 impl Registry {
@@ -79,7 +83,7 @@ impl Registry {
         let out = store.out_channels()?.into_iter().collect();
         let log_head = store.log_head()?;
         let writer = Mutex::new(Writer { audit, out, log_head });
-        Ok(Self { store, data_key, salt, clock, division, writer, exchange: None })
+        Ok(Self { store, data_key, salt, clock, division, writer, exchange: None, reports: None })
     }
 
     pub fn division(&self) -> &Division {
@@ -121,6 +125,7 @@ impl Registry {
             address: m.address.clone(),
             services: earlier.services,
             certificate_number: earlier.certificate_number,
+            photo_digest: earlier.photo_digest,
         };
         let mut record = PersonRecord {
             person_key: key.0.to_vec(),
@@ -303,6 +308,12 @@ impl Registry {
             certificate_valid_until: day(sync.certificate_valid_until_day),
             transfer: sync.transfer,
             transfer_peer: sync.transfer_peer,
+            served_periods: sync
+                .served_periods
+                .iter()
+                .map(|&p| crate::domain::Period::from_index(p).to_string())
+                .collect(),
+            residence: sync.residence,
         };
         pb::Person {
             sync: Some(sync),
@@ -387,5 +398,7 @@ fn filter(field: &'static str, raw: i32, known: bool) -> Result<Option<i32>, Inv
 
 #[cfg(test)]
 mod exchange_tests;
+#[cfg(test)]
+mod report_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod directory;
 pub mod identity;
+pub mod report;
 
 /// Generated code of the `ldx.v1` protobuf package.
 pub mod v1 {

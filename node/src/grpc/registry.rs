@@ -107,4 +107,50 @@ impl registry_server::Registry for RegistryService {
         let person = self.run(move |r| r.query_certificate(&req)).await?;
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
+
+    #[instrument(skip_all, name = "record_photo")]
+    async fn record_photo(
+        &self,
+        request: Request<pb::RecordPhotoRequest>,
+    ) -> Result<Response<pb::PersonResponse>, Status> {
+        let req = request.into_inner();
+        let person = self.run(move |r| r.record_photo(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+    }
+
+    #[instrument(skip_all, name = "issue_report")]
+    async fn issue_report(
+        &self,
+        request: Request<pb::IssueReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let req = request.into_inner();
+        let (report, created) = self.run(move |r| r.issue_report(&req)).await?;
+        Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
+    }
+
+    #[instrument(skip_all, name = "list_reports")]
+    async fn list_reports(
+        &self,
+        request: Request<pb::ListReportsRequest>,
+    ) -> Result<Response<pb::ListReportsResponse>, Status> {
+        let req = request.into_inner();
+        let reports = self.run(move |r| r.list_reports(&req)).await?;
+        Ok(Response::new(pb::ListReportsResponse { reports }))
+    }
+
+    #[instrument(skip_all, name = "verify_report")]
+    async fn verify_report(
+        &self,
+        request: Request<pb::VerifyReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let req = request.into_inner();
+        let (report, created) = self.run(move |r| r.verify_report(&req)).await?;
+        Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
+    }
+
+    #[instrument(skip_all, name = "list_work")]
+    async fn list_work(&self, request: Request<pb::ListWorkRequest>) -> Result<Response<pb::ListWorkResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.run(move |r| r.work_list(&req)).await?))
+    }
 }

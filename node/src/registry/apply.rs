@@ -46,7 +46,7 @@ pub struct ApplyOutcome {
 }
 
 /// Why one envelope did not take effect.
-enum Fail {
+pub(super) enum Fail {
     /// The sender may not send it, or it does not fit what this node knows: consumed
     /// without effect.
     Refused(String),
@@ -77,7 +77,7 @@ impl From<InvalidField> for Fail {
     }
 }
 
-fn refuse<T>(reason: impl Into<String>) -> Result<T, Fail> {
+pub(super) fn refuse<T>(reason: impl Into<String>) -> Result<T, Fail> {
     Err(Fail::Refused(reason.into()))
 }
 
@@ -183,6 +183,8 @@ impl Registry {
             Some(Body::TransferAccept(a)) => self.on_transfer_accept(txn, from, &key, a),
             Some(Body::CertificateQuery(q)) => self.on_certificate_query(writer, txn, from, &key, q),
             Some(Body::CertificateAnswer(a)) => self.on_certificate_answer(txn, from, &key, a),
+            Some(Body::ServiceReport(r)) => self.on_service_report(writer, txn, from, &key, r),
+            Some(Body::ReportVerdict(v)) => self.on_report_verdict(txn, from, &key, v),
         }
     }
 
@@ -266,6 +268,9 @@ impl Registry {
         let sync = record.sync.get_or_insert_with(SyncRecord::default);
         sync.notified_by = from.to_owned();
         sync.notified_division = division.as_str().to_owned();
+        if n.role == pb::Role::Residence as i32 {
+            sync.residence = from.to_owned();
+        }
         let feedback = pb::MoveInFeedback {
             certificate: if secret.certificate_number.is_empty() {
                 pb::CertificateStatus::None
@@ -329,6 +334,9 @@ impl Registry {
         }
         sync.notified_by.clear();
         sync.notified_division.clear();
+        if sync.residence == from {
+            sync.residence.clear();
+        }
         record.next_division = n.next_division.clone();
         record.updated_at_ms = self.clock.now().timestamp_millis();
         txn.put_person(key, record);

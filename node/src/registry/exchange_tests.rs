@@ -65,8 +65,13 @@ fn move_in(n: u32, division: &str, role: pb::Role) -> pb::RegisterMoveInRequest 
 
 /// The pending envelopes of `from`'s channel to `to`, as a receiver gets them.
 fn pending(from: &Node, to: &str) -> Vec<(Vec<u8>, pb::Envelope)> {
-    let acked = from.registry.outbound().into_iter().find(|(p, _)| p == to).map_or(0, |(_, s)| s.acked_seq);
-    from.registry
+    unacked(&from.registry, to)
+}
+
+/// The envelopes of `registry`'s channel to `to` that are not acked yet, decoded.
+pub(super) fn unacked(registry: &Registry, to: &str) -> Vec<(Vec<u8>, pb::Envelope)> {
+    let acked = registry.outbound().into_iter().find(|(p, _)| p == to).map_or(0, |(_, s)| s.acked_seq);
+    registry
         .outbox_batch(to, acked + 1, 10_000, usize::MAX)
         .unwrap()
         .into_iter()

@@ -67,6 +67,8 @@ pub fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::TransferAccept(_)) => "transfer_accept",
         Some(Body::CertificateQuery(_)) => "certificate_query",
         Some(Body::CertificateAnswer(_)) => "certificate_answer",
+        Some(Body::ServiceReport(_)) => "service_report",
+        Some(Body::ReportVerdict(_)) => "report_verdict",
         None => "unknown",
     }
 }

@@ -10,9 +10,11 @@ pub const CHANNELS: &str = "channels";
 pub const LOG: &str = "log";
 /// Worklist index: what is due when.
 pub const DUE: &str = "due";
+/// Service reports issued here, or received here for verification, per person and quarter.
+pub const REPORTS: &str = "reports";
 /// Every read or write of personal data, hash-chained.
 pub const AUDIT: &str = "audit";
 /// Schema version, audit chain head, directory cache.
 pub const META: &str = "meta";
 
-pub const ALL: [&str; 7] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, AUDIT, META];
+pub const ALL: [&str; 8] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, AUDIT, META];

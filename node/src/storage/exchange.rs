@@ -4,8 +4,8 @@
 
 use rocksdb::{Direction, IteratorMode};
 
-use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey};
-use super::records::{DueItem, InChannel, LogRecord, OutChannel, OutboxEntry};
+use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey, ReportKey};
+use super::records::{DueItem, InChannel, LogRecord, OutChannel, OutboxEntry, ReportRecord};
 use super::{Batch, StorageError, Store, cf, codec};
 
 fn corrupt(what: &'static str) -> impl Fn(super::keys::KeyDecodeError) -> StorageError {
@@ -117,7 +117,45 @@ impl Store {
     }
 }
 
+impl Store {
+    pub fn report(&self, key: &ReportKey) -> Result<Option<ReportRecord>, StorageError> {
+        match self.db.get_cf(self.cf(cf::REPORTS), key.encode())? {
+            Some(v) => Ok(Some(codec::decode("report", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every report about `person`, in period order.
+    pub fn reports_of(
+        &self,
+        person: &crate::crypto::PersonKey,
+    ) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
+        self.reports_from(&ReportKey::person_prefix(person))
+    }
+
+    /// Every report at this node, by person and period.
+    pub fn reports(&self) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
+        self.reports_from(&ReportKey::first())
+    }
+
+    fn reports_from(&self, prefix: &[u8]) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::REPORTS), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((ReportKey::decode(&k).map_err(corrupt("report key"))?, codec::decode("report", &v)?));
+        }
+        Ok(out)
+    }
+}
+
 impl Batch<'_> {
+    pub fn put_report(&mut self, key: &ReportKey, record: &ReportRecord) {
+        self.inner.put_cf(self.store.cf(cf::REPORTS), key.encode(), codec::encode(record));
+    }
+
     pub fn put_outbox(&mut self, peer: &str, seq: u64, entry: &OutboxEntry) {
         let key = OutboxKey { peer: peer.to_owned(), seq }.encode();
         self.inner.put_cf(self.store.cf(cf::OUTBOX), key, codec::encode(entry));
@@ -217,5 +255,24 @@ mod tests {
         batch.delete_due(&due);
         batch.commit().unwrap();
         assert!(store.due_items().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reports_are_read_per_person_in_period_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "411421", false).unwrap();
+        let (a, b) = (crate::crypto::PersonKey([1; 32]), crate::crypto::PersonKey([2; 32]));
+        let mut batch = store.batch();
+        for (person, period) in [(a, 8105), (b, 8104), (a, 8104)] {
+            let key = ReportKey { person, period, issuer: "410103007".into() };
+            batch.put_report(&key, &ReportRecord { report_id: format!("{period}"), ..Default::default() });
+        }
+        batch.commit().unwrap();
+        let of_a: Vec<u32> = store.reports_of(&a).unwrap().iter().map(|(k, _)| k.period).collect();
+        assert_eq!(of_a, [8104, 8105]);
+        assert_eq!(store.reports().unwrap().len(), 3);
+        let key = ReportKey { person: b, period: 8104, issuer: "410103007".into() };
+        assert_eq!(store.report(&key).unwrap().unwrap().report_id, "8104");
+        assert!(store.report(&ReportKey { issuer: "410103003".into(), ..key }).unwrap().is_none());
     }
 }

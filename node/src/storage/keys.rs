@@ -30,6 +30,8 @@ mod kind {
     pub const LOG_ENTRY: u8 = 0x01;
     /// `due`: an answer this node waits for, or owes.
     pub const DUE_ITEM: u8 = 0x01;
+    /// `reports`: a service report issued or received here.
+    pub const REPORT: u8 = 0x01;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +63,10 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.rest.split_at(N);
         self.rest = rest;
         Ok(head.try_into().expect("length checked"))
+    }
+
+    fn u32(&mut self) -> Result<u32, KeyDecodeError> {
+        Ok(u32::from_be_bytes(self.take()?))
     }
 
     fn u64(&mut self) -> Result<u64, KeyDecodeError> {
@@ -274,6 +280,46 @@ impl DueKey {
     }
 }
 
+/// `reports`: kind ‖ person_key (32 bytes) ‖ period index (u32 BE) ‖ issuer
+/// (length-prefixed): one person's reports are contiguous, in period order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReportKey {
+    pub person: PersonKey,
+    /// [`crate::domain::Period::index`].
+    pub period: u32,
+    pub issuer: String,
+}
+
+impl ReportKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Self::person_prefix(&self.person);
+        out.extend_from_slice(&self.period.to_be_bytes());
+        put_bytes(&mut out, self.issuer.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        let mut r = Reader::new("report", bytes, kind::REPORT)?;
+        let person = PersonKey(r.take()?);
+        let period = r.u32()?;
+        let issuer = r.text()?;
+        r.finish()?;
+        Ok(Self { person, period, issuer })
+    }
+
+    /// Prefix of every report about `person`.
+    pub fn person_prefix(person: &PersonKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33 + 4 + 10);
+        out.push(kind::REPORT);
+        out.extend_from_slice(&person.0);
+        out
+    }
+
+    pub fn first() -> [u8; 1] {
+        [kind::REPORT]
+    }
+}
+
 /// `meta`: single-valued keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
@@ -340,6 +386,18 @@ mod tests {
             prop_assert_eq!(LogKey::decode(&LogKey(n).encode()).unwrap(), LogKey(n));
             let due = DueKey { person: PersonKey(p), what: w };
             prop_assert_eq!(DueKey::decode(&due.encode()).unwrap(), due);
+            let report = ReportKey { person: PersonKey(p), period: n as u32, issuer: from.clone() };
+            prop_assert_eq!(ReportKey::decode(&report.encode()).unwrap(), report.clone());
+            prop_assert!(report.encode().starts_with(&ReportKey::person_prefix(&PersonKey(p))));
+        }
+
+        #[test]
+        fn report_keys_order_by_person_then_period(p in any::<[u8; 32]>(), a in any::<u32>(), b in any::<u32>()) {
+            let ka = ReportKey { person: PersonKey(p), period: a, issuer: "410103007".into() };
+            let kb = ReportKey { person: PersonKey(p), period: b, issuer: "410103003".into() };
+            if a != b {
+                prop_assert_eq!(a.cmp(&b), ka.encode().cmp(&kb.encode()));
+            }
         }
 
         #[test]
@@ -350,6 +408,7 @@ mod tests {
             let _ = ChannelKey::decode(&bytes);
             let _ = LogKey::decode(&bytes);
             let _ = DueKey::decode(&bytes);
+            let _ = ReportKey::decode(&bytes);
         }
     }
 

@@ -65,6 +65,12 @@ pub struct SyncRecord {
     /// Separation date of a requested transfer.
     #[prost(int32, optional, tag = "9")]
     pub transfer_day: Option<i32>,
+    /// At her origin: quarters ([`crate::domain::Period::index`]) with a qualified report.
+    #[prost(uint32, repeated, tag = "10")]
+    pub served_periods: Vec<u32>,
+    /// At her origin: the node that notified her as living there (her residence node).
+    #[prost(string, tag = "11")]
+    pub residence: String,
 }
 
 /// Personal data of a record: only stored sealed.
@@ -83,6 +89,9 @@ pub struct PersonSecret {
     /// Her certificate number, as issued by her origin.
     #[prost(string, tag = "6")]
     pub certificate_number: String,
+    /// SHA-256 of her photo as filed at this node (the photo itself is not stored).
+    #[prost(bytes = "vec", tag = "7")]
+    pub photo_digest: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -193,4 +202,38 @@ pub struct DueItem {
     pub peer: String,
     #[prost(int64, tag = "3")]
     pub created_at_ms: i64,
+}
+
+/// A service report issued here (at her residence) or received here (at her origin).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportRecord {
+    #[prost(string, tag = "1")]
+    pub report_id: String,
+    /// True when this node issued it.
+    #[prost(bool, tag = "2")]
+    pub issued_here: bool,
+    /// The signed `ldx.v1.ServiceReport`, sealed with the data key (it lists health
+    /// services), bound to this record's key.
+    #[prost(bytes = "vec", tag = "3")]
+    pub sealed: Vec<u8>,
+    /// `ldx.v1.ReportStatus`.
+    #[prost(int32, tag = "4")]
+    pub status: i32,
+    /// `ldx.v1.RejectReason` when rejected.
+    #[prost(int32, tag = "5")]
+    pub reason: i32,
+    #[prost(string, tag = "6")]
+    pub detail: String,
+    /// Days since 1970-01-01.
+    #[prost(int32, tag = "7")]
+    pub issued_day: i32,
+    /// At the origin: the day it arrived.
+    #[prost(int32, optional, tag = "8")]
+    pub received_day: Option<i32>,
+    /// The day the verdict was given (origin) or arrived (residence).
+    #[prost(int32, optional, tag = "9")]
+    pub verdict_day: Option<i32>,
+    /// The other node: her origin's (at the issuer) or the issuer (at the origin).
+    #[prost(string, tag = "10")]
+    pub peer: String,
 }

@@ -1,0 +1,294 @@
+//! Worklists: what is due and overdue at this node on the registry clock's today, and
+//! the service calendar (the monthly check day on the 8th, the ledger update on the
+//! 11th to 14th). Everything is derived from the records, the due index and the reports,
+//! so the list cannot drift from what is stored.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Months, NaiveDate};
+use ldx_proto::v1 as pb;
+
+use super::flows::add_days;
+use super::sync::due;
+use super::{Registry, RegistryError};
+use crate::clock::from_day_number;
+use crate::crypto::PersonKey;
+use crate::domain::{InvalidField, Period};
+use crate::storage::keys::ReportKey;
+use crate::storage::records::{PersonRecord, ReportRecord};
+
+/// Default horizon of a worklist.
+pub const HORIZON_DAYS: u32 = 31;
+/// The monthly check day (the 8th) and the ledger update days (11th to 14th).
+const CHECK_DAY: u32 = 8;
+const LEDGER_DAYS: (u32, u32) = (11, 14);
+
+pub mod kind {
+    pub const HEALTH_CHECK: &str = "health_check";
+    pub const REPORT_TO_ISSUE: &str = "report_to_issue";
+    pub const VERDICT_AWAITED: &str = "verdict_awaited";
+    pub const VERDICT_TO_RETURN: &str = "verdict_to_return";
+    pub const FEEDBACK_AWAITED: &str = "feedback_awaited";
+    pub const TRANSFER_TO_REQUEST: &str = "transfer_to_request";
+    pub const TRANSFER_AWAITED: &str = "transfer_awaited";
+    pub const CERTIFICATE_ANSWER_AWAITED: &str = "certificate_answer_awaited";
+}
+
+/// The first check day (an 8th of a month) on or after `from` inside `period`.
+fn check_day_in(period: Period, from: NaiveDate) -> Option<NaiveDate> {
+    let mut month = NaiveDate::from_ymd_opt(from.year(), from.month(), 1)?;
+    loop {
+        let day = month.with_day(CHECK_DAY)?;
+        if !period.contains(day) {
+            return None;
+        }
+        if day >= from {
+            return Some(day);
+        }
+        month = month.checked_add_months(Months::new(1))?;
+    }
+}
+
+struct List {
+    today: NaiveDate,
+    before: NaiveDate,
+    items: Vec<pb::WorkItem>,
+}
+
+impl List {
+    /// Keeps the item when it falls due before the horizon (overdue ones always do).
+    fn push(&mut self, kind: &str, due: NaiveDate, person: &PersonKey, item: pb::WorkItem) {
+        if due >= self.before && due >= self.today {
+            return;
+        }
+        self.items.push(pb::WorkItem {
+            kind: kind.to_owned(),
+            due: due.to_string(),
+            overdue: due < self.today,
+            person_key: person.to_hex(),
+            ..item
+        });
+    }
+}
+
+impl Registry {
+    /// What is due at this node before `due_before` (default: [`HORIZON_DAYS`] from
+    /// today), overdue items included, and the calendar days until then.
+    pub fn work_list(&self, req: &pb::ListWorkRequest) -> Result<pb::ListWorkResponse, RegistryError> {
+        let today = self.clock.today();
+        let before = match req.due_before.as_str() {
+            "" => add_days(today, HORIZON_DAYS),
+            raw => NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                .map_err(|_| InvalidField::new("due_before", raw, "must be a date YYYY-MM-DD"))?,
+        };
+        let deadlines = self.deadlines();
+        let mut list = List { today, before, items: Vec::new() };
+
+        let mut reports: HashMap<PersonKey, Vec<(ReportKey, ReportRecord)>> = HashMap::new();
+        for (key, record) in self.store.reports()? {
+            reports.entry(key.person).or_default().push((key, record));
+        }
+        let mut ids: HashMap<PersonKey, String> = HashMap::new();
+        let mut writer = self.lock();
+        for item in self.store.persons_after(None) {
+            let (key, record) = item?;
+            let id = self.open(&key, &record)?.id_number;
+            let mine = reports.get(&key).map(Vec::as_slice).unwrap_or_default();
+            self.person_work(&mut list, &key, &record, &id, mine);
+            ids.insert(key, id);
+        }
+        for (key, records) in &reports {
+            for (report_key, stored) in records {
+                let period = Period::from_index(report_key.period).to_string();
+                let item = pb::WorkItem {
+                    id_number: ids.get(key).cloned().unwrap_or_default(),
+                    peer: stored.peer.clone(),
+                    period,
+                    report_id: stored.report_id.clone(),
+                    ..Default::default()
+                };
+                if stored.status == pb::ReportStatus::Issued as i32 {
+                    let due = add_days(from_day_number(stored.issued_day), deadlines.verdict_days);
+                    list.push(kind::VERDICT_AWAITED, due, key, item);
+                } else if stored.status == pb::ReportStatus::AwaitingVerification as i32 {
+                    let received = stored.received_day.map_or(today, from_day_number);
+                    let due = add_days(received, deadlines.verdict_days);
+                    list.push(
+                        kind::VERDICT_TO_RETURN,
+                        due,
+                        key,
+                        pb::WorkItem { detail: stored.detail.clone(), ..item },
+                    );
+                }
+            }
+        }
+        for (due_key, item) in self.store.due_items()? {
+            let what = match due_key.what {
+                due::FEEDBACK => kind::FEEDBACK_AWAITED,
+                due::TRANSFER_ACCEPT => kind::TRANSFER_AWAITED,
+                due::CERTIFICATE_ANSWER => kind::CERTIFICATE_ANSWER_AWAITED,
+                _ => continue,
+            };
+            let work = pb::WorkItem {
+                id_number: ids.get(&due_key.person).cloned().unwrap_or_default(),
+                peer: item.peer.clone(),
+                ..Default::default()
+            };
+            list.push(what, from_day_number(item.due_day), &due_key.person, work);
+        }
+        self.commit_audit(&mut writer, self.store.batch(), "list_work", None)?;
+        drop(writer);
+
+        let mut items = list.items;
+        items.sort_by(|a, b| (&a.due, &a.kind, &a.person_key).cmp(&(&b.due, &b.kind, &b.person_key)));
+        Ok(pb::ListWorkResponse {
+            today: today.to_string(),
+            due_before: before.to_string(),
+            items,
+            calendar: calendar(today, before),
+        })
+    }
+
+    fn person_work(
+        &self,
+        list: &mut List,
+        key: &PersonKey,
+        record: &PersonRecord,
+        id: &str,
+        reports: &[(ReportKey, ReportRecord)],
+    ) {
+        let deadlines = self.deadlines();
+        let today = list.today;
+        let base = pb::WorkItem { id_number: id.to_owned(), ..Default::default() };
+        let active = record.status == pb::PersonStatus::Active as i32;
+        let moved_in = from_day_number(record.move_in_day);
+        let sync = record.sync.clone().unwrap_or_default();
+
+        if record.role == pb::Role::Workplace as i32 && !active && sync.transfer.is_empty() {
+            if let Some(left) = record.move_out_day.map(from_day_number) {
+                let due = add_days(left, deadlines.transfer_days);
+                list.push(kind::TRANSFER_TO_REQUEST, due, key, base.clone());
+            }
+            return;
+        }
+        if record.role != pb::Role::Residence as i32 || !active {
+            return;
+        }
+        let Ok(secret) = self.open(key, record) else { return };
+        let served = |from: NaiveDate, to: NaiveDate| {
+            secret.services.iter().any(|s| (from..=to).contains(&from_day_number(s.day)))
+        };
+
+        // Health checks: Jan/Apr/Jul/Oct on the check day; for employees of an
+        // organisation, within a month of arrival and then every three months.
+        if record.category == pb::Category::Organisation as i32 {
+            let last = secret.services.iter().map(|s| from_day_number(s.day)).max();
+            let due = match last {
+                Some(last) => last.checked_add_months(Months::new(3)),
+                None => moved_in.checked_add_months(Months::new(1)),
+            };
+            if let Some(due) = due {
+                list.push(kind::HEALTH_CHECK, due, key, base.clone());
+            }
+        } else {
+            let mut period = Period::of(today);
+            while period.first_day() < list.before {
+                let due = check_day_in(period, moved_in.max(period.first_day()));
+                if let Some(due) = due.filter(|_| !served(period.first_day(), period.last_day())) {
+                    list.push(
+                        kind::HEALTH_CHECK,
+                        due,
+                        key,
+                        pb::WorkItem { period: period.to_string(), ..base.clone() },
+                    );
+                }
+                period = period.next();
+            }
+        }
+
+        // Reports: every quarter she lived here whose window is still open or closes
+        // before the horizon, until it is issued.
+        let mut period = Period::of(today).previous();
+        while period.first_day() < list.before {
+            let due = add_days(period.last_day(), deadlines.report_days);
+            let issued = reports.iter().any(|(k, r)| k.period == period.index() && r.issued_here);
+            if !issued && moved_in <= period.last_day() && due >= today {
+                let mut missing = Vec::new();
+                if !served(period.first_day(), period.last_day()) {
+                    missing.push("a service in the quarter");
+                }
+                if secret.photo_digest.is_empty() {
+                    missing.push("her photo");
+                }
+                let detail =
+                    if missing.is_empty() { "ready".to_owned() } else { format!("needs {}", missing.join(" and ")) };
+                let item = pb::WorkItem {
+                    period: period.to_string(),
+                    detail,
+                    peer: record.origin_division.clone(),
+                    ..base.clone()
+                };
+                list.push(kind::REPORT_TO_ISSUE, due, key, item);
+            }
+            period = period.next();
+        }
+    }
+}
+
+/// Check days and ledger-update days from `today` until before `before`.
+fn calendar(today: NaiveDate, before: NaiveDate) -> Vec<pb::CalendarEntry> {
+    let mut out = Vec::new();
+    let Some(mut month) = NaiveDate::from_ymd_opt(today.year(), today.month(), 1) else { return out };
+    while month < before {
+        let on = |d| month.with_day(d).expect("days 8 to 14 exist in every month");
+        let check = on(CHECK_DAY);
+        if check >= today && check < before {
+            out.push(pb::CalendarEntry {
+                first_day: check.to_string(),
+                last_day: check.to_string(),
+                kind: "monthly_check_day".into(),
+                detail: "每月8日查验日 monthly check day".into(),
+            });
+        }
+        let (first, last) = (on(LEDGER_DAYS.0), on(LEDGER_DAYS.1));
+        if last >= today && first < before {
+            out.push(pb::CalendarEntry {
+                first_day: first.to_string(),
+                last_day: last.to_string(),
+                kind: "ledger_update".into(),
+                detail: "台帐更新 ledger update".into(),
+            });
+        }
+        let Some(next) = month.checked_add_months(Months::new(1)) else { break };
+        month = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn check_days_fall_on_the_8th_inside_the_quarter() {
+        let q1 = Period::parse("p", "2026Q1").unwrap();
+        assert_eq!(check_day_in(q1, day("2026-01-01")), Some(day("2026-01-08")));
+        assert_eq!(check_day_in(q1, day("2026-01-20")), Some(day("2026-02-08")));
+        assert_eq!(check_day_in(q1, day("2026-03-09")), None, "no check day left in the quarter");
+    }
+
+    #[test]
+    fn the_calendar_lists_check_and_ledger_days_in_range() {
+        let days = calendar(day("2026-01-09"), day("2026-02-12"));
+        let got: Vec<_> = days.iter().map(|c| (c.kind.as_str(), c.first_day.as_str())).collect();
+        assert_eq!(
+            got,
+            [("ledger_update", "2026-01-11"), ("monthly_check_day", "2026-02-08"), ("ledger_update", "2026-02-11")]
+        );
+        assert!(calendar(day("2026-01-15"), day("2026-01-16")).is_empty());
+    }
+}
