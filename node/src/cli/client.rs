@@ -12,8 +12,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 
 pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result<()> {
+    if let PersonCommand::Photo { id, file, digest } = command {
+        return super::reports::photo(args, id, file, digest).await;
+    }
     let (mut client, config) = connect(args).await?;
     match command {
+        PersonCommand::Photo { .. } => unreachable!("handled above"),
         PersonCommand::Add(a) => {
             let division = match (a.division, &config) {
                 (Some(d), _) => d,
@@ -131,7 +135,7 @@ fn today() -> String {
 }
 
 /// The node's own message for refused input; the code name for everything else.
-fn status(s: tonic::Status) -> anyhow::Error {
+pub(super) fn status(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::InvalidArgument
         | tonic::Code::NotFound
@@ -143,7 +147,7 @@ fn status(s: tonic::Status) -> anyhow::Error {
 
 /// Connects to `--endpoint`, or to the node whose config is `--config` (at the address the
 /// running node wrote into its data directory, else the configured one).
-async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, Option<Config>)> {
+pub(super) async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, Option<Config>)> {
     let (channel, config) = connect_channel(args).await?;
     Ok((RegistryClient::new(channel), config))
 }

@@ -5,6 +5,7 @@ mod client;
 mod init;
 mod ledger;
 mod output;
+mod reports;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -55,6 +56,20 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Quarterly service reports: issue them at her residence, verify them at her origin.
+    Report {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: reports::ReportCommand,
+    },
+    /// Worklists: what is due and overdue at this node.
+    Work {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: reports::WorkCommand,
     },
     /// Replication status: every channel's head, acked and pending envelopes, and errors.
     Status {
@@ -118,6 +133,18 @@ pub enum PersonCommand {
         id: String,
         #[arg(long)]
         issue: bool,
+    },
+    /// File the SHA-256 of her photo (at her residence: the one her reports carry; at her
+    /// origin: the one reports are checked against). The photo itself is not sent.
+    Photo {
+        /// 18-digit resident ID number.
+        id: String,
+        /// The photo file; only its SHA-256 is sent.
+        #[arg(long, conflicts_with = "digest", required_unless_present = "digest")]
+        file: Option<PathBuf>,
+        /// The photo's SHA-256, 64 hex digits.
+        #[arg(long)]
+        digest: Option<String>,
     },
     /// Register a move-out.
     MoveOut {
@@ -299,6 +326,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&args),
         Command::Run { config } => run_node(&config).await,
         Command::Person { client, command } => client::person(&client, command).await,
+        Command::Report { client, command } => reports::report(&client, command).await,
+        Command::Work { client, command } => reports::work(&client, command).await,
         Command::Service { client, command } => client::service(&client, command).await,
         Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,

@@ -47,6 +47,8 @@ pub fn person(p: &pb::Person, as_json: bool) {
         ),
         ("certificate", certificate),
         ("transfer", format!("{} {}", sync.transfer, sync.transfer_peer).trim().to_owned()),
+        ("residence", sync.residence.clone()),
+        ("served", sync.served_periods.join(" ")),
     ];
     for (label, value) in sync_rows.iter().filter(|(_, v)| !v.is_empty()) {
         println!("{label:<14} {value}");
@@ -91,7 +93,7 @@ pub fn person_list(persons: &[pb::Person], next_page_token: &str, as_json: bool)
 }
 
 /// Columns padded to the widest cell; CJK characters count as two columns.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(super) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(width);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -149,6 +151,8 @@ fn person_json(p: &pb::Person) -> serde_json::Value {
             "certificate_valid_until": s.certificate_valid_until,
             "transfer": s.transfer,
             "transfer_peer": s.transfer_peer,
+            "residence": s.residence,
+            "served_periods": s.served_periods,
         })),
     })
 }
