@@ -32,6 +32,12 @@ pub enum Command {
         /// 0 stops the stream.
         #[arg(long, default_value_t = 1000)]
         stream_interval_ms: u64,
+        /// Serve the dashboard (and /metrics) here; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        dashboard_listen: SocketAddr,
+        /// How often the gateway asks every node for its status, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        collect_interval_ms: u64,
     },
     /// Serve the signed directory (gRPC `ldx.v1.Directory`) until SIGTERM or Ctrl-C.
     Run {
@@ -43,15 +49,22 @@ pub enum Command {
         /// Write the bound address here once listening (useful with port 0).
         #[arg(long)]
         addr_file: Option<PathBuf>,
-        /// Serve Prometheus /metrics here, gathered from every node's status over mutual TLS.
-        #[arg(long, env = "LDX_GATEWAY_METRICS_LISTEN")]
+        /// Serve the dashboard (/) and Prometheus /metrics here over HTTP, gathered from
+        /// every node's status over mutual TLS.
+        #[arg(long, visible_alias = "dashboard-listen", env = "LDX_GATEWAY_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
-        /// Write the bound /metrics address here once listening.
+        /// Write the bound dashboard and /metrics address here once listening.
         #[arg(long)]
         metrics_addr_file: Option<PathBuf>,
         /// How often to ask every node for its status, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         collect_interval_ms: u64,
+        /// The gateway's own data (the history of collected statuses) [default: PKI/gateway-data].
+        #[arg(long = "data", env = "LDX_GATEWAY_DATA", value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Keep this many hours of status history for the dashboard's chart.
+        #[arg(long, default_value_t = 24)]
+        history_hours: u64,
     },
     /// The federation CA, federation key and salt, and node certificates.
     Pki {
@@ -137,14 +150,37 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { dir, persons, stream_interval_ms } => {
+            Command::Demo { dir, persons, stream_interval_ms, dashboard_listen, collect_interval_ms } => {
+                anyhow::ensure!(collect_interval_ms > 0, "--collect-interval-ms: 0 must be at least 1");
                 let stream_every =
                     (stream_interval_ms > 0).then(|| std::time::Duration::from_millis(stream_interval_ms));
-                let options = demo::DemoOptions { dir, persons_per_node: persons, stream_every };
+                let options = demo::DemoOptions {
+                    dir,
+                    persons_per_node: persons,
+                    stream_every,
+                    dashboard_listen,
+                    collect_every: std::time::Duration::from_millis(collect_interval_ms),
+                };
                 demo::run(options, ldx_node::cli::shutdown_signal(), print_ready).await
             }
-            Command::Run { pki, listen, addr_file, metrics_listen, metrics_addr_file, collect_interval_ms } => {
-                let metrics = MetricsArgs { listen: metrics_listen, addr_file: metrics_addr_file, collect_interval_ms };
+            Command::Run {
+                pki,
+                listen,
+                addr_file,
+                metrics_listen,
+                metrics_addr_file,
+                collect_interval_ms,
+                data,
+                history_hours,
+            } => {
+                let data = data.unwrap_or_else(|| pki.dir.join("gateway-data"));
+                let metrics = MetricsArgs {
+                    listen: metrics_listen,
+                    addr_file: metrics_addr_file,
+                    collect_interval_ms,
+                    data,
+                    history_hours,
+                };
                 run_gateway(pki.dir, listen, addr_file, metrics).await
             }
             Command::Pki { command } => pki_command(command),
@@ -164,6 +200,8 @@ fn print_ready(ready: &demo::DemoReady) {
     let nodes = &ready.nodes;
     println!("ldx demo federation: {} nodes, files in {}", nodes.len(), ready.root.display());
     println!("gateway (signed directory): http://{}", ready.gateway);
+    println!("dashboard: http://{}/", ready.dashboard);
+    println!("metrics:   http://{}/metrics", ready.dashboard);
     println!();
     println!("{:<10} {:<12} {:<22} {:<24} NAME", "DIVISION", "ROLE", "STAFF API", "PEER API (mTLS)");
     for node in nodes {
@@ -188,12 +226,14 @@ fn print_ready(ready: &demo::DemoReady) {
     println!("demo federation ready; Ctrl-C stops it");
 }
 
-/// The `/metrics` flags of `run`.
+/// The `/metrics` and dashboard flags of `run`.
 #[derive(Debug)]
 struct MetricsArgs {
     listen: Option<SocketAddr>,
     addr_file: Option<PathBuf>,
     collect_interval_ms: u64,
+    data: PathBuf,
+    history_hours: u64,
 }
 
 async fn run_gateway(
@@ -207,6 +247,7 @@ async fn run_gateway(
     let metrics_options = match metrics.listen {
         Some(addr) => {
             anyhow::ensure!(metrics.collect_interval_ms > 0, "--collect-interval-ms: 0 must be at least 1");
+            anyhow::ensure!(metrics.history_hours > 0, "--history-hours: 0 must be at least 1");
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
@@ -216,6 +257,10 @@ async fn run_gateway(
             Some(server::MetricsOptions {
                 listener,
                 collect_every: std::time::Duration::from_millis(metrics.collect_interval_ms),
+                history: Some(crate::history::HistoryOptions {
+                    dir: metrics.data.join("history"),
+                    retention: std::time::Duration::from_secs(metrics.history_hours.saturating_mul(3600)),
+                }),
             })
         }
         None => None,

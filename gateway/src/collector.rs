@@ -14,6 +14,7 @@ use ldx_proto::v1::monitor_client::MonitorClient;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use crate::history::{ChannelSample, History, NodeSample, Round};
 use crate::pki::{self, PkiError};
 use crate::server::DirectoryService;
 
@@ -32,12 +33,17 @@ pub struct NodeReport {
     pub status: Option<pb::StatusResponse>,
 }
 
+/// The collector's latest reports, shared by the `/metrics` and dashboard handlers, and the
+/// history it writes a round to after every pass.
 #[derive(Debug, Clone, Default)]
 pub struct Collector {
     reports: Arc<Mutex<BTreeMap<String, NodeReport>>>,
+    history: Option<Arc<History>>,
+    every: Duration,
 }
 
-fn now_ms() -> i64 {
+/// UTC milliseconds now.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -46,11 +52,13 @@ fn now_ms() -> i64 {
 
 impl Collector {
     /// Starts asking every node of the directory `service` serves, every `every`, until
-    /// `stop` turns true. The gateway's client certificate is issued on first use.
+    /// `stop` turns true, recording each pass in `history` when given. The gateway's client
+    /// certificate is issued on first use.
     pub fn start(
         service: DirectoryService,
         pki_dir: &Path,
         every: Duration,
+        history: Option<Arc<History>>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PkiError> {
         let (cert, key) = pki::gateway_identity(pki_dir)?;
@@ -59,7 +67,7 @@ impl Collector {
         };
         let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
         let identity = Identity::from_pem(read(&cert)?, read(&key)?);
-        let collector = Self::default();
+        let collector = Self { reports: Arc::default(), history, every };
         tokio::spawn(collector.clone().run(service, ca, identity, every, stop));
         Ok(collector)
     }
@@ -67,6 +75,34 @@ impl Collector {
     /// Every node's last report, by division.
     pub fn snapshot(&self) -> BTreeMap<String, NodeReport> {
         self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `reports` in place of what was collected, for tests of what is built on them.
+    #[cfg(test)]
+    pub(crate) fn replace_for_test(&self, reports: BTreeMap<String, NodeReport>) {
+        *self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reports;
+    }
+
+    /// The history store the rounds go to, if the gateway keeps one.
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.history.as_ref()
+    }
+
+    /// How often the nodes are asked.
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// Writes the current snapshot as one history round. A failing store costs the chart
+    /// a point, never the collection: the failure is logged and the next round tries again.
+    async fn record(&self) {
+        let Some(history) = self.history.clone() else { return };
+        let round = round_of(now_ms(), &self.snapshot());
+        match tokio::task::spawn_blocking(move || history.append(&round)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the round in the history"),
+            Err(e) => tracing::warn!(error = %e, "history task failed"),
+        }
     }
 
     async fn run(
@@ -121,6 +157,7 @@ impl Collector {
                 seen.push(division);
             }
             self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|d, _| seen.contains(d));
+            self.record().await;
         }
     }
 }
@@ -156,26 +193,15 @@ pub fn render(reports: &BTreeMap<String, NodeReport>) -> String {
         reports.iter().map(|(d, r)| (format!("node=\"{d}\""), r.last_contact_ms as f64 / 1000.0)).collect();
     family("ldx_node_last_contact_timestamp_seconds", "gauge", "When the node last answered (0: never).", &contact);
 
-    // Applied seq per (sender, receiver) as each receiver reports it.
-    let mut applied: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (division, report) in reports {
-        for c in report.status.iter().flat_map(|s| &s.inbound) {
-            *applied.entry((c.peer.as_str(), division.as_str())).or_default() += c.applied_seq;
-        }
-    }
-    let mut pending = Vec::new();
-    let mut age = Vec::new();
-    let mut lag = Vec::new();
-    for (division, report) in reports {
-        for c in report.status.iter().flat_map(|s| &s.outbound) {
-            let labels = format!("node=\"{division}\",peer=\"{}\"", c.peer);
-            pending.push((labels.clone(), c.pending as f64));
-            age.push((labels, c.oldest_pending_age_ms as f64 / 1000.0));
-            if let Some(&seq) = applied.get(&(division.as_str(), c.peer.as_str())) {
-                lag.push((format!("from=\"{division}\",to=\"{}\"", c.peer), c.head_seq.saturating_sub(seq) as f64));
-            }
-        }
-    }
+    let channels = channels(reports);
+    let labels = |c: &ChannelView| format!("node=\"{}\",peer=\"{}\"", c.from, c.to);
+    let pending: Vec<_> = channels.iter().map(|c| (labels(c), c.pending as f64)).collect();
+    let age: Vec<_> = channels.iter().map(|c| (labels(c), c.oldest_pending_ms as f64 / 1000.0)).collect();
+    let lag: Vec<_> = channels
+        .iter()
+        .filter(|c| c.applied_seq.is_some())
+        .map(|c| (format!("from=\"{}\",to=\"{}\"", c.from, c.to), c.lag_messages() as f64))
+        .collect();
     family(
         "ldx_channel_pending",
         "gauge",
@@ -190,6 +216,84 @@ pub fn render(reports: &BTreeMap<String, NodeReport>) -> String {
         &lag,
     );
     out
+}
+
+/// One channel as the gateway sees it: the sender's figures with the receiver's own applied
+/// seq beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelView {
+    pub from: String,
+    pub to: String,
+    pub head_seq: u64,
+    pub acked_seq: u64,
+    /// The seq the receiver last reported as applied; `None` while the gateway has no
+    /// report from it.
+    pub applied_seq: Option<u64>,
+    pub pending: u64,
+    /// Age of the sender's oldest unacknowledged envelope (0 when none).
+    pub oldest_pending_ms: i64,
+    /// When the sender last exchanged with the receiver (0: never).
+    pub last_contact_ms: i64,
+    pub last_error: String,
+}
+
+impl ChannelView {
+    /// Messages behind: the sender's head against the receiver's applied seq, or against
+    /// what the sender saw acknowledged while the receiver has not reported.
+    pub fn lag_messages(&self) -> u64 {
+        self.head_seq.saturating_sub(self.applied_seq.unwrap_or(self.acked_seq))
+    }
+}
+
+/// Every channel some sender reports, with the receiver's applied seq where known. The two
+/// figures come from each side's last report, so a receiver that stopped answering shows
+/// the lag growing as its senders' heads move on.
+pub fn channels(reports: &BTreeMap<String, NodeReport>) -> Vec<ChannelView> {
+    // Applied seq per (sender, receiver) as each receiver reports it.
+    let mut applied: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (division, report) in reports {
+        for c in report.status.iter().flat_map(|s| &s.inbound) {
+            *applied.entry((c.peer.as_str(), division.as_str())).or_default() += c.applied_seq;
+        }
+    }
+    let mut views = Vec::new();
+    for (division, report) in reports {
+        for c in report.status.iter().flat_map(|s| &s.outbound) {
+            views.push(ChannelView {
+                from: division.clone(),
+                to: c.peer.clone(),
+                head_seq: c.head_seq,
+                acked_seq: c.acked_seq,
+                applied_seq: applied.get(&(division.as_str(), c.peer.as_str())).copied(),
+                pending: c.pending,
+                oldest_pending_ms: c.oldest_pending_age_ms,
+                last_contact_ms: c.last_contact_ms,
+                last_error: c.last_error.clone(),
+            });
+        }
+    }
+    views
+}
+
+/// The history record of one collection pass.
+pub fn round_of(at_ms: i64, reports: &BTreeMap<String, NodeReport>) -> Round {
+    Round {
+        at_ms,
+        nodes: reports
+            .iter()
+            .map(|(division, r)| NodeSample { division: division.clone(), reachable: r.reachable })
+            .collect(),
+        channels: channels(reports)
+            .into_iter()
+            .map(|c| ChannelSample {
+                lag_messages: c.lag_messages(),
+                lag_ms: c.oldest_pending_ms,
+                pending: c.pending,
+                from: c.from,
+                to: c.to,
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! `ldx-gateway demo`: a whole federation on this machine. A fresh PKI, the gateway serving
 //! the signed directory, nodes with real division codes (Erqi district street offices and
 //! the origin counties of their in-migrants) syncing over mutual TLS, synthetic people
-//! registered at the street offices, and a steady stream of move-ins and move-outs.
+//! registered at the street offices, and a steady stream of move-ins and move-outs. The
+//! gateway collects every node's status and serves the dashboard; [`DemoControl`] stops
+//! and restarts single nodes, so an outage can be watched (and tested) on the dashboard.
 
+use std::collections::BTreeMap;
 use std::{net::SocketAddr, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -18,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use crate::history::{self, HistoryOptions};
 use crate::{directory, pki, server, synthetic};
 
 /// Destination street offices in Zhengzhou's Erqi district.
@@ -26,6 +30,9 @@ pub const DESTINATIONS: [&str; 4] = ["410103007", "410103003", "410103008", "410
 pub const ORIGINS: [&str; 3] = ["411421", "411723", "410122"];
 /// How long the seeded notices may take to reach their origins.
 const SEED_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a restarting node may wait for its stopped self to let go of its store and
+/// its ports.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -35,6 +42,22 @@ pub struct DemoOptions {
     pub persons_per_node: u32,
     /// One new move-in (and now and then a move-out) this often; `None`: no stream.
     pub stream_every: Option<Duration>,
+    /// Where the gateway serves the dashboard and `/metrics` (port 0: any free port).
+    pub dashboard_listen: SocketAddr,
+    /// How often the gateway asks every node for its status.
+    pub collect_every: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            persons_per_node: 50,
+            stream_every: Some(Duration::from_secs(1)),
+            dashboard_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            collect_every: Duration::from_secs(1),
+        }
+    }
 }
 
 /// One node of the running demo.
@@ -51,7 +74,107 @@ pub struct DemoNode {
 pub struct DemoReady {
     pub nodes: Vec<DemoNode>,
     pub root: PathBuf,
+    /// The signed directory (gRPC).
     pub gateway: SocketAddr,
+    /// The dashboard at `/` and Prometheus text at `/metrics` (HTTP).
+    pub dashboard: SocketAddr,
+    pub control: DemoControl,
+}
+
+/// A node of the demo: what restarts it, and what stops it.
+#[derive(Debug)]
+struct NodeRun {
+    node: DemoNode,
+    config: Config,
+    stop: watch::Sender<bool>,
+    /// `None` while the node is stopped.
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Stops and restarts single nodes of the running demo, e.g. to watch an outage on the
+/// dashboard. A restarted node keeps its data, its staff API address and its peer address,
+/// so the directory entry naming it stays right.
+#[derive(Debug, Clone, Default)]
+pub struct DemoControl {
+    nodes: Arc<tokio::sync::Mutex<BTreeMap<String, NodeRun>>>,
+}
+
+impl DemoControl {
+    /// Stops node `code` and waits until it has stopped; an error it stopped with is
+    /// returned.
+    pub async fn stop_node(&self, code: &str) -> anyhow::Result<()> {
+        let mut nodes = self.nodes.lock().await;
+        let run = nodes.get_mut(code).with_context(|| format!("division {code}: not a node of the demo"))?;
+        let task = run.task.take().with_context(|| format!("node {code} is already stopped"))?;
+        let _ = run.stop.send(true);
+        task.await.with_context(|| format!("node {code}: task failed"))?
+    }
+
+    /// Starts node `code` again, on its old addresses and data, once the stopped node has
+    /// released them.
+    pub async fn start_node(&self, code: &str) -> anyhow::Result<()> {
+        let mut nodes = self.nodes.lock().await;
+        let run = nodes.get_mut(code).with_context(|| format!("division {code}: not a node of the demo"))?;
+        anyhow::ensure!(run.task.is_none(), "node {code} is already running");
+        let deadline = tokio::time::Instant::now() + RESTART_TIMEOUT;
+        // RocksDB allows one opener: the stopped node's last tasks may still hold the store.
+        let data_dir = run.config.data_dir.clone();
+        let division = run.node.division.as_str().to_owned();
+        retry_until(deadline, &format!("node {code}: its store is still open"), || {
+            let (dir, division) = (data_dir.clone(), division.clone());
+            async move {
+                tokio::task::spawn_blocking(move || ldx_node::storage::Store::open(&dir, &division, false).map(drop))
+                    .await?
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .await?;
+        let (api_addr, peer_addr) = (run.node.api, run.node.peer);
+        let api = retry_until(deadline, &format!("node {code}: cannot listen on {api_addr} again"), || async move {
+            Ok(TcpListener::bind(api_addr).await?)
+        })
+        .await?;
+        let peer = retry_until(deadline, &format!("node {code}: cannot listen on {peer_addr} again"), || async move {
+            Ok(TcpListener::bind(peer_addr).await?)
+        })
+        .await?;
+        let (stop, stop_rx) = watch::channel(false);
+        run.task = Some(spawn_node(run.config.clone(), api, peer, stop_rx));
+        run.stop = stop;
+        Ok(())
+    }
+
+    /// Stops every running node and waits for them all; then the first error, if any.
+    async fn stop_all(&self) -> anyhow::Result<()> {
+        let mut nodes = self.nodes.lock().await;
+        let mut first_error = None;
+        for (code, run) in nodes.iter_mut() {
+            let _ = run.stop.send(true);
+            if let Some(task) = run.task.take() {
+                let stopped = task.await.with_context(|| format!("node {code}: task failed")).and_then(|r| r);
+                if let Err(e) = stopped {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Calls `attempt` until it succeeds or `deadline` passes (then its last error, with
+/// `what`). For what a stopped node is still letting go of, which gives no signal.
+async fn retry_until<T, F, Fut>(deadline: tokio::time::Instant, what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.context(what.to_owned())),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -81,12 +204,27 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
     let gateway = gateway_listener.local_addr()?;
-    let gateway_task = tokio::spawn(server::run(pki_dir.clone(), gateway_listener, stopped(stop_rx.clone())));
+    let dashboard_listener = TcpListener::bind(options.dashboard_listen)
+        .await
+        .with_context(|| format!("--dashboard-listen {}: cannot listen", options.dashboard_listen))?;
+    let dashboard = dashboard_listener.local_addr()?;
+    let metrics = server::MetricsOptions {
+        listener: dashboard_listener,
+        collect_every: options.collect_every,
+        history: Some(HistoryOptions { dir: root.join("gateway-data"), retention: history::DEFAULT_RETENTION }),
+    };
+    let gateway_task = tokio::spawn(server::run_with_metrics(
+        pki_dir.clone(),
+        gateway_listener,
+        Some(metrics),
+        stopped(stop_rx.clone()),
+        |_| Ok(()),
+    ));
 
+    let control = DemoControl::default();
     let mut nodes = Vec::new();
-    let mut tasks = Vec::new();
     for code in DESTINATIONS.iter().chain(&ORIGINS) {
-        let (node, task) = start_node(&root, &pki_dir, code, gateway, stop_rx.clone()).await?;
+        let node = start_node(&root, &pki_dir, code, gateway, &control).await?;
         let issued = pki::node_dir(&pki_dir, code);
         directory::add(
             &pki_dir,
@@ -96,12 +234,11 @@ pub async fn run(
             &issued.join(pki::SIGNING_PUB),
         )?;
         nodes.push(node);
-        tasks.push(task);
     }
 
     seed(&nodes, options.persons_per_node).await?;
     wait_synced(&nodes).await?;
-    ready(&DemoReady { nodes: nodes.clone(), root: root.clone(), gateway });
+    ready(&DemoReady { nodes: nodes.clone(), root: root.clone(), gateway, dashboard, control: control.clone() });
     let stream = options.stream_every.map(|every| {
         let nodes = nodes.clone();
         let first = options.persons_per_node * DESTINATIONS.len() as u32;
@@ -112,20 +249,20 @@ pub async fn run(
     if let Some(stream) = stream {
         stream.await??;
     }
-    for task in tasks {
-        task.await??;
-    }
+    control.stop_all().await?;
     gateway_task.await??;
     Ok(())
 }
 
+/// Issues node `code` its certificate and config on first use, starts it on fresh ports
+/// and hands it to `control`.
 async fn start_node(
     root: &Path,
     pki_dir: &Path,
     code: &str,
     gateway: SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<(DemoNode, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    control: &DemoControl,
+) -> anyhow::Result<DemoNode> {
     let division = Division::parse_node_level("division", code)?;
     let issued = pki::node_dir(pki_dir, code);
     if !issued.exists() {
@@ -155,13 +292,25 @@ async fn start_node(
     let api_listener = TcpListener::bind(config.api_addr()?).await?;
     let peer_listener = TcpListener::bind("127.0.0.1:0").await?;
     let (api, peer) = (api_listener.local_addr()?, peer_listener.local_addr()?);
-    let code = code.to_owned();
-    let task = tokio::spawn(async move {
-        ldx_node::node::run_with_peer(config, Arc::new(SystemClock), api_listener, Some(peer_listener), stopped(stop))
+    let node = DemoNode { division, api, peer, config: config_path };
+    let (stop, stop_rx) = watch::channel(false);
+    let task = Some(spawn_node(config.clone(), api_listener, peer_listener, stop_rx));
+    control.nodes.lock().await.insert(code.to_owned(), NodeRun { node: node.clone(), config, stop, task });
+    Ok(node)
+}
+
+fn spawn_node(
+    config: Config,
+    api: TcpListener,
+    peer: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let code = config.division().as_str().to_owned();
+    tokio::spawn(async move {
+        ldx_node::node::run_with_peer(config, Arc::new(SystemClock), api, Some(peer), stopped(stop))
             .await
             .with_context(|| format!("node {code}"))
-    });
-    Ok((DemoNode { division, api, peer, config: config_path }, task))
+    })
 }
 
 fn is_destination(node: &DemoNode) -> bool {

@@ -1,11 +1,13 @@
 //! ldx gateway: the district's view of its federation. It holds the federation PKI,
-//! serves the signed directory, and runs the demo federation; monitoring and the
-//! dashboard build on it.
+//! serves the signed directory, collects every node's replication status for `/metrics`
+//! and the operators' dashboard, and runs the demo federation.
 
 pub mod cli;
 pub mod collector;
+pub mod dashboard;
 pub mod demo;
 pub mod directory;
+pub mod history;
 pub mod pki;
 pub mod server;
 pub mod synthetic;

@@ -34,6 +34,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("gateway identity: {0}")]
     Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
 }
 
 /// Serves the directory of `pki_dir` on `listener` until `shutdown` resolves.
@@ -61,16 +63,20 @@ pub async fn run_with_ready(
     run_with_metrics(pki_dir, listener, None, shutdown, ready).await
 }
 
-/// Where and how often the gateway gathers every node's status for `/metrics`.
+/// Where and how often the gateway gathers every node's status for `/metrics` and the
+/// dashboard, and where it keeps their history.
 #[derive(Debug)]
 pub struct MetricsOptions {
     pub listener: TcpListener,
     pub collect_every: std::time::Duration,
+    /// `None`: no history; the dashboard's chart stays empty.
+    pub history: Option<crate::history::HistoryOptions>,
 }
 
 /// Like [`run_with_ready`]; with `metrics`, the gateway also asks every node of the
-/// directory for its status over mutual TLS and serves the federation's replication
-/// figures as Prometheus text on `GET /metrics`.
+/// directory for its status over mutual TLS and serves, over plain HTTP on the metrics
+/// listener, the federation's replication figures as Prometheus text on `GET /metrics`
+/// and the operators' dashboard on `GET /` (see [`crate::dashboard`]).
 pub async fn run_with_metrics(
     pki_dir: PathBuf,
     listener: TcpListener,
@@ -83,18 +89,24 @@ pub async fn run_with_metrics(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut metrics_task = None;
     if let Some(options) = metrics {
+        let history = match &options.history {
+            Some(h) => Some(Arc::new(crate::history::History::open(&h.dir, h.retention)?)),
+            None => None,
+        };
         let collector = crate::collector::Collector::start(
             service.clone(),
             &service.pki_dir,
             options.collect_every,
+            history,
             stop_rx.clone(),
         )?;
         let addr = options.listener.local_addr().map_err(ServerError::Listener)?;
-        tracing::info!(metrics = %addr, "serving /metrics");
-        let router = axum::Router::new().route(
+        tracing::info!(metrics = %addr, "serving /metrics and the dashboard");
+        let metrics_collector = collector.clone();
+        let router = crate::dashboard::router(collector).route(
             "/metrics",
             axum::routing::get(move || {
-                let collector = collector.clone();
+                let collector = metrics_collector.clone();
                 async move {
                     (
                         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
