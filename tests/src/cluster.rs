@@ -1,6 +1,7 @@
 //! The cluster harness: a federation of real `ldx-node` processes and one `ldx-gateway` on
 //! loopback port 0, with certificates from a test CA and a signed directory; readiness by
-//! polling, and SIGTERM, SIGKILL and restart of any process on demand.
+//! polling, and SIGTERM, SIGKILL and restart of any process on demand. With
+//! [`ClusterBuilder::fault_proxies`] every node is reached through a [`FaultProxy`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -30,6 +31,7 @@ use ldx_proto::v1::{
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use crate::fault::FaultProxy;
 use crate::serving_service;
 
 /// How long a process may take to start serving.
@@ -78,6 +80,7 @@ pub struct ClusterBuilder {
     poll_interval_ms: u64,
     backoff_initial_ms: u64,
     backoff_max_ms: u64,
+    fault_proxies: bool,
 }
 
 impl ClusterBuilder {
@@ -105,6 +108,22 @@ impl ClusterBuilder {
     /// `RUST_LOG` of every process (default `info`).
     pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
         self.log_filter = filter.into();
+        self
+    }
+
+    /// Puts a [`FaultProxy`] in front of every node's peer port and publishes the proxy's
+    /// address in the directory, so all traffic between nodes passes through the proxies
+    /// ([`Cluster::proxy`]). TLS runs end to end through them.
+    pub fn fault_proxies(mut self, on: bool) -> Self {
+        self.fault_proxies = on;
+        self
+    }
+
+    /// `exchange.backoff_initial_ms` and `exchange.backoff_max_ms` of every node (default
+    /// 50 and 1000).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial_ms = u64::try_from(initial.as_millis()).unwrap_or(u64::MAX);
+        self.backoff_max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
@@ -182,8 +201,15 @@ impl ClusterBuilder {
         }
 
         let mut version = 0;
+        let mut proxies = BTreeMap::new();
         for node in nodes.values() {
-            let endpoint = format!("https://{}", node.peer_addr.context("node started")?);
+            let mut peer = node.peer_addr.context("node started")?;
+            if self.fault_proxies {
+                let proxy = FaultProxy::start(peer).await.context("start a fault proxy")?;
+                peer = proxy.addr();
+                proxies.insert(node.division.clone(), proxy);
+            }
+            let endpoint = format!("https://{peer}");
             let published = directory::add(
                 &pki_dir,
                 &node.division,
@@ -194,7 +220,7 @@ impl ClusterBuilder {
             .with_context(|| format!("directory add {}", node.division))?;
             version = published.version();
         }
-        let cluster = Cluster { nodes, gateway, directory_version: version, pki: pki_dir, root };
+        let cluster = Cluster { nodes, proxies, gateway, directory_version: version, pki: pki_dir, root };
         cluster.wait_for_directory(version).await?;
         Ok(cluster)
     }
@@ -204,6 +230,8 @@ impl ClusterBuilder {
 /// files (set `LDX_TEST_KEEP=1` to keep them).
 pub struct Cluster {
     nodes: BTreeMap<String, ClusterNode>,
+    /// By division, when the cluster was built with fault proxies.
+    proxies: BTreeMap<String, FaultProxy>,
     gateway: Gateway,
     directory_version: u64,
     pki: PathBuf,
@@ -222,6 +250,7 @@ impl Cluster {
             poll_interval_ms: 200,
             backoff_initial_ms: 50,
             backoff_max_ms: 1_000,
+            fault_proxies: false,
         }
     }
 
@@ -236,6 +265,17 @@ impl Cluster {
 
     pub fn nodes(&self) -> impl Iterator<Item = &ClusterNode> {
         self.nodes.values()
+    }
+
+    /// The fault proxy in front of `division`'s peer port; panics unless the cluster was
+    /// built with [`ClusterBuilder::fault_proxies`].
+    pub fn proxy(&self, division: &str) -> FaultProxy {
+        self.proxies.get(division).cloned().unwrap_or_else(|| panic!("the cluster has no fault proxy for {division}"))
+    }
+
+    /// Every fault proxy, by division (empty without [`ClusterBuilder::fault_proxies`]).
+    pub fn proxies(&self) -> impl Iterator<Item = (&str, &FaultProxy)> {
+        self.proxies.iter().map(|(d, p)| (d.as_str(), p))
     }
 
     /// The directory version the harness published last.
@@ -740,18 +780,20 @@ fn read_addr(path: &Path) -> Option<SocketAddr> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// A binary cargo built into the target directory of the running test binary
-/// (`target/debug/deps/TEST` → `target/debug/NAME`).
+/// A binary cargo built into the target directory of the running executable: next to it
+/// (another binary, `target/debug/NAME`) or one level up (a test binary,
+/// `target/debug/deps/TEST` → `target/debug/NAME`).
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("the test binary has no target directory")?;
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it (cargo test builds it) or pass ClusterBuilder::binaries",
-        path.display()
-    );
-    Ok(path)
+    let dir = exe.parent().context("the running executable has no directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    let found = candidates.into_iter().flatten().map(|d| d.join(name)).find(|p| p.exists());
+    found.with_context(|| {
+        format!(
+            "{name} not found next to {}: build it (cargo test builds it) or pass ClusterBuilder::binaries",
+            exe.display()
+        )
+    })
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 pub mod cluster;
+pub mod fault;
 
 /// How long a node may take to start serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

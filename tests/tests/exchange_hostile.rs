@@ -1,7 +1,9 @@
 //! Hostile and broken input on a channel: a receiving node (in process, real mutual TLS
 //! and RocksDB) faces a sender that speaks `ldx.v1.Exchange` by hand. Every bad batch is
 //! refused with an error naming the rule, nothing in it is applied, and the channel goes
-//! on once the sender sends correct batches again.
+//! on once the sender sends correct batches again. Envelopes a listed sender may send in
+//! form but not in substance (a person outside the node's jurisdiction, a kind from a
+//! newer version) are consumed without effect, logged as refused and counted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use ldx_proto::identity::SignKey;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::exchange_client::ExchangeClient;
 use ldx_proto::v1::monitor_client::MonitorClient;
+use ldx_proto::v1::registry_client::RegistryClient;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +25,10 @@ const RECEIVER: &str = "411421";
 const SENDER: &str = "410103007";
 /// Issued by the federation CA, but not in the directory.
 const UNLISTED: &str = "410103008";
+/// Another listed destination (铭功路街道), which never notified anyone of the sender's.
+const OTHER: &str = "410103003";
+/// An origin county other than the receiver (平舆县).
+const OTHER_ORIGIN: &str = "411723";
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -52,11 +59,11 @@ async fn setup() -> Setup {
     let foreign_pki = dir.path().join("foreign-pki");
     ldx_gateway::pki::init(&pki).unwrap();
     ldx_gateway::pki::init(&foreign_pki).unwrap();
-    for division in [RECEIVER, SENDER, UNLISTED] {
+    for division in [RECEIVER, SENDER, UNLISTED, OTHER] {
         ldx_gateway::pki::issue(&pki, division).unwrap();
     }
     ldx_gateway::pki::issue(&foreign_pki, SENDER).unwrap();
-    for division in [RECEIVER, SENDER] {
+    for division in [RECEIVER, SENDER, OTHER] {
         let node = ldx_gateway::pki::node_dir(&pki, division);
         ldx_gateway::directory::add(
             &pki,
@@ -125,7 +132,7 @@ listen = "127.0.0.1:0"
     let setup = Setup { _dir: dir, pki, foreign_pki, peer_addr, api_addr, metrics_addr, salt, stops };
     // The receiver must have the directory before anyone can be recognised.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while setup.status().await.directory_version < 2 {
+    while setup.status().await.directory_version < 3 {
         assert!(Instant::now() < deadline, "the node never got the directory");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -150,18 +157,43 @@ impl Setup {
     }
 
     async fn applied(&self) -> u64 {
-        self.status().await.inbound.iter().find(|c| c.peer == SENDER).map_or(0, |c| c.applied_seq)
+        self.inbound(SENDER).await.applied_seq
+    }
+
+    async fn inbound(&self, peer: &str) -> pb::InboundChannel {
+        self.status().await.inbound.into_iter().find(|c| c.peer == peer).unwrap_or_default()
+    }
+
+    /// The receiver's whole message log.
+    async fn log(&self) -> Vec<pb::LogEntry> {
+        let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
+        let request = pb::ListLogRequest { after: 0, limit: 10_000 };
+        MonitorClient::new(channel).list_log(request).await.unwrap().into_inner().entries
+    }
+
+    /// The receiver's record of the `n`th test person, if it holds one.
+    async fn person(&self, n: u32) -> Option<pb::Person> {
+        let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
+        let request = pb::GetPersonRequest { id_number: person_id(n) };
+        match RegistryClient::new(channel).get_person(request).await {
+            Ok(resp) => resp.into_inner().person,
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => panic!("GetPerson: {status:?}"),
+        }
     }
 
     /// A sender presenting the TLS identity of `division` from `pki`.
     async fn client(&self, pki: &Path, division: &str) -> Result<ExchangeClient<Channel>, String> {
         let node = ldx_gateway::pki::node_dir(pki, division);
+        let cert = std::fs::read(node.join("node.crt")).unwrap();
+        self.client_with(Identity::from_pem(cert, std::fs::read(node.join("node.key")).unwrap())).await
+    }
+
+    /// A sender presenting `identity`.
+    async fn client_with(&self, identity: Identity) -> Result<ExchangeClient<Channel>, String> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(std::fs::read(self.pki.join("ca.crt")).unwrap()))
-            .identity(Identity::from_pem(
-                std::fs::read(node.join("node.crt")).unwrap(),
-                std::fs::read(node.join("node.key")).unwrap(),
-            ))
+            .identity(identity)
             .domain_name(ldx_proto::identity::division_dns_name(RECEIVER));
         let channel = Endpoint::from_shared(format!("https://{}", self.peer_addr))
             .unwrap()
@@ -174,7 +206,13 @@ impl Setup {
     }
 
     fn notice(&self, seq: u64, prev_hash: &[u8], n: u32) -> Vec<u8> {
-        let id = ldx_node::domain::id::with_check_digit(&format!("41142119900101{n:03}"));
+        self.notice_envelope(seq, prev_hash, n).encode_to_vec()
+    }
+
+    /// A well-formed move-in notice from the sender about the `n`th test person, whose
+    /// origin is the receiver.
+    fn notice_envelope(&self, seq: u64, prev_hash: &[u8], n: u32) -> pb::Envelope {
+        let id = person_id(n);
         pb::Envelope {
             from: SENDER.into(),
             to: RECEIVER.into(),
@@ -193,7 +231,19 @@ impl Setup {
                 feedback_due: "2026-03-31".into(),
             })),
         }
-        .encode_to_vec()
+    }
+
+    /// An envelope of channel `from -> RECEIVER` about the `n`th test person.
+    fn envelope(&self, from: &str, seq: u64, prev_hash: &[u8], n: u32, body: pb::envelope::Body) -> pb::Envelope {
+        pb::Envelope {
+            from: from.into(),
+            to: RECEIVER.into(),
+            seq,
+            prev_hash: prev_hash.to_vec(),
+            created_at_ms: 1,
+            person_key: self.salt.person_key(&person_id(n)).0.to_vec(),
+            body: Some(body),
+        }
     }
 
     /// `count` well-formed notices continuing a chain after `(seq, hash)`.
@@ -209,15 +259,43 @@ impl Setup {
     }
 }
 
+/// The `n`th test person: born in the receiver's county.
+fn person_id(n: u32) -> String {
+    ldx_node::domain::id::with_check_digit(&format!("41142119900101{n:03}"))
+}
+
 fn sender_key(pki: &Path) -> SignKey {
-    SignKey::load(&ldx_gateway::pki::node_dir(pki, SENDER).join("signing.key")).unwrap()
+    signing_key(pki, SENDER)
+}
+
+fn signing_key(pki: &Path, division: &str) -> SignKey {
+    SignKey::load(&ldx_gateway::pki::node_dir(pki, division).join("signing.key")).unwrap()
 }
 
 fn signed(envelopes: Vec<Vec<u8>>, key: &SignKey) -> pb::SyncRequest {
+    signed_as(SENDER, envelopes, key)
+}
+
+/// A batch of channel `from -> RECEIVER` with the head signed by `key`.
+fn signed_as(from: &str, envelopes: Vec<Vec<u8>>, key: &SignKey) -> pb::SyncRequest {
     let last = pb::Envelope::decode(envelopes.last().unwrap().as_slice()).map(|e| e.seq).unwrap_or(0);
     let hash = envelope_hash(envelopes.last().unwrap());
-    let head_signature = Head { from: SENDER, to: RECEIVER, seq: last, hash: &hash }.sign(key);
+    let head_signature = Head { from, to: RECEIVER, seq: last, hash: &hash }.sign(key);
     pb::SyncRequest { kind: Some(pb::sync_request::Kind::Batch(pb::SyncBatch { envelopes, head_signature })) }
+}
+
+/// Encoded envelopes, each linked to the one before, the first to `prev`.
+fn linked(prev: &[u8], envelopes: Vec<pb::Envelope>) -> Vec<Vec<u8>> {
+    let mut prev = prev.to_vec();
+    envelopes
+        .into_iter()
+        .map(|mut e| {
+            e.prev_hash = prev.clone();
+            let bytes = e.encode_to_vec();
+            prev = envelope_hash(&bytes).to_vec();
+            bytes
+        })
+        .collect()
 }
 
 /// Opens Sync, takes the Hello, sends `batch` and returns the receiver's answer to it.
@@ -225,9 +303,18 @@ async fn exchange(
     client: &mut ExchangeClient<Channel>,
     batch: pb::SyncRequest,
 ) -> Result<(pb::Hello, u64), tonic::Status> {
+    exchange_to(client, RECEIVER, batch).await
+}
+
+/// [`exchange`] on a channel addressed to division `to`.
+async fn exchange_to(
+    client: &mut ExchangeClient<Channel>,
+    to: &str,
+    batch: pb::SyncRequest,
+) -> Result<(pb::Hello, u64), tonic::Status> {
     let (tx, rx) = mpsc::channel(4);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("ldx-channel-to", RECEIVER.parse().unwrap());
+    request.metadata_mut().insert("ldx-channel-to", to.parse().unwrap());
     let mut responses = client.sync(request).await?.into_inner();
     let hello = match responses.message().await?.and_then(|r| r.kind) {
         Some(pb::sync_response::Kind::Hello(h)) => h,
@@ -354,4 +441,604 @@ async fn senders_the_federation_does_not_know_are_turned_away() {
     let mut client = s.client(&s.pki, SENDER).await.unwrap();
     assert_eq!(exchange(&mut client, batch()).await.unwrap().1, 1, "the real sender still gets through");
     drop(s.stops);
+}
+
+/// A certificate of the federation CA for one listed division cannot send on another's
+/// channel, nor on a channel to a division outside the receiver.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_for_another_division_cannot_send_as_it() {
+    let s = setup().await;
+    let sender = sender_key(&s.pki);
+    let other = signing_key(&s.pki, OTHER);
+    let mut as_other = s.client(&s.pki, OTHER).await.unwrap();
+
+    // 铭功路's certificate, envelopes from 大学路 signed with 大学路's own key (stolen).
+    expect_refused(
+        exchange(&mut as_other, signed(s.chain(0, &[], 1), &sender)).await,
+        tonic::Code::PermissionDenied,
+        "is not the sender's TLS identity",
+    );
+    // The same, with the head signed by 铭功路's key.
+    expect_refused(
+        exchange(&mut as_other, signed(s.chain(0, &[], 1), &other)).await,
+        tonic::Code::PermissionDenied,
+        "is not the sender's TLS identity",
+    );
+    // 大学路's certificate and envelopes, the head signed by another division's key.
+    let mut as_sender = s.client(&s.pki, SENDER).await.unwrap();
+    expect_refused(
+        exchange(&mut as_sender, signed(s.chain(0, &[], 1), &other)).await,
+        tonic::Code::Unauthenticated,
+        "head signature",
+    );
+    // 铭功路 as itself, on a channel addressed to another county.
+    let own = |to: &str| {
+        let mut e = s.notice_envelope(1, &[], 1);
+        e.from = OTHER.into();
+        e.to = to.into();
+        if let Some(pb::envelope::Body::MoveInNotice(n)) = &mut e.body {
+            n.division = OTHER.into();
+        }
+        signed_as(OTHER, vec![e.encode_to_vec()], &other)
+    };
+    expect_refused(
+        exchange_to(&mut as_other, OTHER_ORIGIN, own(OTHER_ORIGIN)).await,
+        tonic::Code::InvalidArgument,
+        "is not within this node's division",
+    );
+    // On the receiver's channel, with envelopes addressed to another county.
+    expect_refused(
+        exchange(&mut as_other, own(OTHER_ORIGIN)).await,
+        tonic::Code::InvalidArgument,
+        "is not this channel's",
+    );
+
+    assert_eq!(s.inbound(SENDER).await, pb::InboundChannel::default(), "nothing applied from {SENDER}");
+    assert_eq!(s.inbound(OTHER).await, pb::InboundChannel::default(), "nothing applied from {OTHER}");
+    assert!(s.log().await.is_empty(), "nothing logged: {:?}", s.log().await);
+    assert_eq!(s.person(1).await, None);
+
+    // Each as itself gets through.
+    assert_eq!(exchange(&mut as_other, own(RECEIVER)).await.unwrap().1, 1);
+    assert_eq!(exchange(&mut as_sender, signed(s.chain(0, &[], 1), &sender)).await.unwrap().1, 1);
+    drop(s.stops);
+}
+
+/// A certificate the federation CA issued, presented after it expired, is refused by the
+/// TLS handshake. The same certificate re-signed by the CA with a current validity passes
+/// the handshake (and is then refused as not in the directory), so the expiry is what the
+/// handshake refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_turned_away() {
+    let s = setup().await;
+    let node = ldx_gateway::pki::node_dir(&s.pki, SENDER);
+    let der = ldx_gateway::pki::read_cert_der(&node.join("node.crt")).unwrap();
+    let ca = p256::CaKey::load(&s.pki.join("ca.key"));
+    let key = sender_key(&s.pki);
+    let try_with = async |validity: (&[u8; 13], &[u8; 13])| {
+        let cert = ca.resign(&der, validity.0, validity.1);
+        let identity = Identity::from_pem(pem("CERTIFICATE", &cert), std::fs::read(node.join("node.key")).unwrap());
+        match s.client_with(identity).await {
+            Err(e) => e,
+            Ok(mut client) => match exchange(&mut client, signed(s.chain(0, &[], 1), &key)).await {
+                Ok(answer) => panic!("accepted: {answer:?}"),
+                Err(status) => format!("{status:?}"),
+            },
+        }
+    };
+
+    let current = try_with((b"250101000000Z", b"491231235959Z")).await;
+    eprintln!("re-signed, current validity: {current}");
+    assert!(current.contains("PermissionDenied") && current.contains("is not listed in directory"), "{current}");
+
+    let expired = try_with((b"200101000000Z", b"210101000000Z")).await;
+    eprintln!("re-signed, expired on 2021-01-01: {expired}");
+    assert!(!expired.contains("PermissionDenied"), "the expired certificate passed the TLS handshake: {expired}");
+    // Refused below gRPC: the connection ends during or right after the handshake (how the
+    // client sees that, alert or closed stream, depends on timing).
+    assert!(expired.contains("Transport"), "not refused by the transport: {expired}");
+
+    assert_eq!(s.applied().await, 0, "nothing applied");
+    let mut client = s.client(&s.pki, SENDER).await.unwrap();
+    assert_eq!(exchange(&mut client, signed(s.chain(0, &[], 1), &key)).await.unwrap().1, 1, "the valid one works");
+    drop(s.stops);
+}
+
+/// Well-formed envelopes from listed senders about persons or places outside what the
+/// sender may speak for: consumed without effect, each logged as refused with the rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_outside_the_nodes_jurisdiction_take_no_effect() {
+    let s = setup().await;
+    let sender = sender_key(&s.pki);
+    let other = signing_key(&s.pki, OTHER);
+    let mut as_sender = s.client(&s.pki, SENDER).await.unwrap();
+    let mut as_other = s.client(&s.pki, OTHER).await.unwrap();
+
+    // Person 1 is noticed properly by 大学路.
+    let first = s.chain(0, &[], 1);
+    let head = envelope_hash(&first[0]).to_vec();
+    assert_eq!(exchange(&mut as_sender, signed(first, &sender)).await.unwrap().1, 1);
+    let before = s.person(1).await.expect("origin record of person 1");
+    assert_eq!(before.sync.as_ref().unwrap().notified_by, SENDER);
+
+    let notice = |seq: u64, n: u32, change: &dyn Fn(&mut pb::MoveInNotice)| {
+        let mut e = s.notice_envelope(seq, &[], n);
+        if let Some(pb::envelope::Body::MoveInNotice(notice)) = &mut e.body {
+            change(notice);
+        }
+        e
+    };
+    let batch = linked(
+        &head,
+        vec![
+            // Her household is in another county: not this origin's to hold.
+            notice(2, 2, &|n| n.household_division = OTHER_ORIGIN.into()),
+            // She lives in a division 大学路 does not serve.
+            notice(3, 3, &|n| n.division = OTHER.into()),
+            // Feedback is the origin's to give, not a destination's.
+            s.envelope(
+                SENDER,
+                4,
+                &[],
+                1,
+                pb::envelope::Body::MoveInFeedback(pb::MoveInFeedback {
+                    certificate: pb::CertificateStatus::Valid as i32,
+                    certificate_number: "forged".into(),
+                    contact: String::new(),
+                    given_on: "2026-03-02".into(),
+                }),
+            ),
+        ],
+    );
+    assert_eq!(exchange(&mut as_sender, signed(batch, &sender)).await.unwrap().1, 4, "consumed");
+
+    // 铭功路 never notified her: it may neither ask for her certificate nor move her out.
+    let batch = linked(
+        &[],
+        vec![
+            s.envelope(
+                OTHER,
+                1,
+                &[],
+                1,
+                pb::envelope::Body::CertificateQuery(pb::CertificateQuery {
+                    issue: true,
+                    answer_due: "2026-04-01".into(),
+                }),
+            ),
+            s.envelope(
+                OTHER,
+                2,
+                &[],
+                1,
+                pb::envelope::Body::MoveOutNotice(pb::MoveOutNotice {
+                    move_out_date: "2026-03-05".into(),
+                    next_division: OTHER_ORIGIN.into(),
+                }),
+            ),
+            // A query about a person this origin does not hold is answered as such.
+            s.envelope(
+                OTHER,
+                3,
+                &[],
+                9,
+                pb::envelope::Body::CertificateQuery(pb::CertificateQuery {
+                    issue: true,
+                    answer_due: "2026-04-01".into(),
+                }),
+            ),
+        ],
+    );
+    assert_eq!(exchange(&mut as_other, signed_as(OTHER, batch, &other)).await.unwrap().1, 3, "consumed");
+
+    assert_eq!(s.person(1).await, Some(before), "person 1 unchanged");
+    for n in [2, 3, 9] {
+        assert_eq!(s.person(n).await, None, "no record of person {n}");
+    }
+    assert_eq!(s.inbound(SENDER).await.refused, 3);
+    assert_eq!(s.inbound(OTHER).await.refused, 2);
+
+    let log = s.log().await;
+    let refused: Vec<_> = log.iter().filter(|e| e.direction == pb::Direction::Refused as i32).collect();
+    let reasons: Vec<_> =
+        refused.iter().map(|e| (e.peer.as_str(), e.seq, e.kind.as_str(), e.reason.as_str())).collect();
+    eprintln!("refused as expected: {reasons:#?}");
+    let expect = [
+        (SENDER, 2, "move_in_notice", "does not serve her origin 411723"),
+        (SENDER, 3, "move_in_notice", "410103007 does not serve division 410103003"),
+        (SENDER, 4, "move_in_feedback", "410103007 does not serve her origin 411421"),
+        (OTHER, 1, "certificate_query", "410103003 is not the node that notified her move-in"),
+        (OTHER, 2, "move_out_notice", "410103003 is not the node that notified her move-in"),
+    ];
+    assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
+    for ((peer, seq, kind, reason), (want_peer, want_seq, want_kind, want_reason)) in reasons.iter().zip(expect) {
+        assert_eq!((*peer, *seq, *kind), (want_peer, want_seq, want_kind));
+        assert!(reason.contains(want_reason), "seq {seq} of {peer}: {reason:?} does not say {want_reason:?}");
+    }
+    // The unknown person's query was applied as an answer saying so, and nothing else was sent.
+    let sent: Vec<_> = log.iter().filter(|e| e.direction == pb::Direction::Sent as i32).collect();
+    let sent: Vec<_> = sent.iter().map(|e| (e.peer.as_str(), e.kind.as_str())).collect();
+    assert_eq!(sent, [(SENDER, "move_in_feedback"), (OTHER, "certificate_answer")]);
+    drop(s.stops);
+}
+
+/// An envelope whose body is a kind this node does not know (a field number a newer
+/// version may use) is refused cleanly, counted, and the channel goes on; an unknown
+/// extra field beside a known kind is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_message_kind_from_a_newer_version_is_refused_and_counted() {
+    let s = setup().await;
+    let key = sender_key(&s.pki);
+    let mut client = s.client(&s.pki, SENDER).await.unwrap();
+
+    let mut unknown = s.notice_envelope(1, &[], 1);
+    unknown.body = None;
+    let mut unknown = unknown.encode_to_vec();
+    // Field 99, length-delimited: a message kind from the future.
+    unknown.extend(length_delimited(
+        99,
+        &pb::MoveOutNotice { move_out_date: "2030-01-01".into(), next_division: String::new() }.encode_to_vec(),
+    ));
+    let decoded = pb::Envelope::decode(unknown.as_slice()).unwrap();
+    assert_eq!((decoded.seq, decoded.body), (1, None), "decodes with no body this version knows");
+
+    let mut extended = s.notice(2, &envelope_hash(&unknown), 2);
+    // An unknown field beside a known kind: ignored.
+    extended.extend(length_delimited(98, b"from a newer version"));
+    let third = s.chain(2, &envelope_hash(&extended), 1);
+    let batch = vec![unknown, extended, third[0].clone()];
+    assert_eq!(exchange(&mut client, signed(batch, &key)).await.unwrap().1, 3);
+
+    let inbound = s.inbound(SENDER).await;
+    assert_eq!((inbound.applied_seq, inbound.refused), (3, 1));
+    let log = s.log().await;
+    let refused: Vec<_> = log.iter().filter(|e| e.direction == pb::Direction::Refused as i32).collect();
+    assert_eq!(refused.len(), 1, "{log:?}");
+    assert_eq!((refused[0].seq, refused[0].kind.as_str()), (1, "unknown"));
+    assert!(refused[0].reason.contains("newer version"), "{:?}", refused[0].reason);
+    eprintln!("refused as expected: {}", refused[0].reason);
+    assert!(s.person(1).await.is_none(), "the unknown kind had no effect");
+    assert!(s.person(2).await.is_some() && s.person(3).await.is_some(), "the known kinds around it applied");
+    let (_, body) = s.metrics().await;
+    let line = format!("ldx_inbound_refused_total{{node=\"{RECEIVER}\",peer=\"{SENDER}\",to=\"{RECEIVER}\"}} 1");
+    assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
+    drop(s.stops);
+}
+
+/// Protobuf field `number`, wire type 2, holding `payload`.
+fn length_delimited(number: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(&mut out, u64::from(number) << 3 | 2);
+    varint(&mut out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut body = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            body.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    let lines: Vec<_> = body.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// Just enough ECDSA P-256 to issue a certificate with the federation CA's key in a test:
+/// the PKI issues certificates valid from today only, and this crate has no certificate
+/// library of its own. Slow and not constant-time; test use only.
+mod p256 {
+    use ldx_proto::chain::envelope_hash as sha256;
+
+    /// 256-bit unsigned integers, little-endian 64-bit limbs.
+    type U256 = [u64; 4];
+
+    const P: U256 = be("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
+    const N: U256 = be("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+    const B: U256 = be("5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
+    const GX: U256 = be("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296");
+    const GY: U256 = be("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
+
+    const fn be(hex: &str) -> U256 {
+        let h = hex.as_bytes();
+        let mut out = [0u64; 4];
+        let mut i = 0;
+        while i < 64 {
+            let c = h[i];
+            let v = if c >= b'a' { c - b'a' + 10 } else { c - b'0' } as u64;
+            out[3 - i / 16] |= v << (4 * (15 - i % 16));
+            i += 1;
+        }
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> U256 {
+        let mut out = [0u64; 4];
+        for (i, byte) in b.iter().rev().enumerate() {
+            out[i / 8] |= u64::from(*byte) << (8 * (i % 8));
+        }
+        out
+    }
+
+    fn to_bytes(a: &U256) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for i in 0..32 {
+            out[31 - i] = (a[i / 8] >> (8 * (i % 8))) as u8;
+        }
+        out
+    }
+
+    fn ge(a: &U256, b: &U256) -> bool {
+        (0..4).rev().find(|&i| a[i] != b[i]).is_none_or(|i| a[i] > b[i])
+    }
+
+    fn sub(a: &U256, b: &U256) -> (U256, bool) {
+        let mut out = [0u64; 4];
+        let mut borrow = false;
+        for i in 0..4 {
+            let (d, b1) = a[i].overflowing_sub(b[i]);
+            let (d, b2) = d.overflowing_sub(u64::from(borrow));
+            out[i] = d;
+            borrow = b1 || b2;
+        }
+        (out, borrow)
+    }
+
+    fn add(a: &U256, b: &U256) -> (U256, bool) {
+        let mut out = [0u64; 4];
+        let mut carry = false;
+        for i in 0..4 {
+            let (d, c1) = a[i].overflowing_add(b[i]);
+            let (d, c2) = d.overflowing_add(u64::from(carry));
+            out[i] = d;
+            carry = c1 || c2;
+        }
+        (out, carry)
+    }
+
+    fn add_mod(a: &U256, b: &U256, m: &U256) -> U256 {
+        let (s, carry) = add(a, b);
+        if carry || ge(&s, m) { sub(&s, m).0 } else { s }
+    }
+
+    fn sub_mod(a: &U256, b: &U256, m: &U256) -> U256 {
+        let (d, borrow) = sub(a, b);
+        if borrow { add(&d, m).0 } else { d }
+    }
+
+    fn mul_mod(a: &U256, b: &U256, m: &U256) -> U256 {
+        let mut wide = [0u64; 8];
+        for i in 0..4 {
+            let mut carry = 0u128;
+            for j in 0..4 {
+                let t = u128::from(a[i]) * u128::from(b[j]) + u128::from(wide[i + j]) + carry;
+                wide[i + j] = t as u64;
+                carry = t >> 64;
+            }
+            wide[i + 4] = carry as u64;
+        }
+        // Shift-and-subtract, one bit at a time from the top.
+        let mut r = [0u64; 4];
+        for bit in (0..512).rev() {
+            let top = r[3] >> 63 == 1;
+            r = [
+                r[0] << 1 | wide[bit / 64] >> (bit % 64) & 1,
+                r[1] << 1 | r[0] >> 63,
+                r[2] << 1 | r[1] >> 63,
+                r[3] << 1 | r[2] >> 63,
+            ];
+            if top || ge(&r, m) {
+                r = sub(&r, m).0;
+            }
+        }
+        r
+    }
+
+    fn pow_mod(a: &U256, e: &U256, m: &U256) -> U256 {
+        let mut r = [1, 0, 0, 0];
+        for bit in (0..256).rev() {
+            r = mul_mod(&r, &r, m);
+            if e[bit / 64] >> (bit % 64) & 1 == 1 {
+                r = mul_mod(&r, a, m);
+            }
+        }
+        r
+    }
+
+    fn inv_mod(a: &U256, m: &U256) -> U256 {
+        pow_mod(a, &sub(m, &[2, 0, 0, 0]).0, m)
+    }
+
+    fn is_zero(a: &U256) -> bool {
+        a.iter().all(|&l| l == 0)
+    }
+
+    /// A point in Jacobian coordinates; `z == 0` is the point at infinity.
+    #[derive(Clone, Copy)]
+    struct Point {
+        x: U256,
+        y: U256,
+        z: U256,
+    }
+
+    fn double(p: &Point) -> Point {
+        if is_zero(&p.z) || is_zero(&p.y) {
+            return Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] };
+        }
+        let m = |a: &U256, b: &U256| mul_mod(a, b, &P);
+        let a = |x: &U256, y: &U256| add_mod(x, y, &P);
+        let s = |x: &U256, y: &U256| sub_mod(x, y, &P);
+        let delta = m(&p.z, &p.z);
+        let gamma = m(&p.y, &p.y);
+        let beta = m(&p.x, &gamma);
+        let t = m(&s(&p.x, &delta), &a(&p.x, &delta));
+        let alpha = a(&a(&t, &t), &t);
+        let beta4 = a(&a(&beta, &beta), &a(&beta, &beta));
+        let x3 = s(&m(&alpha, &alpha), &a(&beta4, &beta4));
+        let yz = a(&p.y, &p.z);
+        let z3 = s(&s(&m(&yz, &yz), &gamma), &delta);
+        let g2 = m(&gamma, &gamma);
+        let g8 = a(&a(&a(&g2, &g2), &a(&g2, &g2)), &a(&a(&g2, &g2), &a(&g2, &g2)));
+        let y3 = s(&m(&alpha, &s(&beta4, &x3)), &g8);
+        Point { x: x3, y: y3, z: z3 }
+    }
+
+    /// `p + (x2, y2)` with the second point affine.
+    fn add_affine(p: &Point, x2: &U256, y2: &U256) -> Point {
+        if is_zero(&p.z) {
+            return Point { x: *x2, y: *y2, z: [1, 0, 0, 0] };
+        }
+        let m = |a: &U256, b: &U256| mul_mod(a, b, &P);
+        let a = |x: &U256, y: &U256| add_mod(x, y, &P);
+        let s = |x: &U256, y: &U256| sub_mod(x, y, &P);
+        let z1z1 = m(&p.z, &p.z);
+        let u2 = m(x2, &z1z1);
+        let s2 = m(&m(y2, &p.z), &z1z1);
+        let h = s(&u2, &p.x);
+        let r = s(&s2, &p.y);
+        if is_zero(&h) {
+            return if is_zero(&r) { double(p) } else { Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] } };
+        }
+        let hh = m(&h, &h);
+        let i = a(&a(&hh, &hh), &a(&hh, &hh));
+        let j = m(&h, &i);
+        let r = a(&r, &r);
+        let v = m(&p.x, &i);
+        let x3 = s(&s(&m(&r, &r), &j), &a(&v, &v));
+        let y1j = m(&p.y, &j);
+        let y3 = s(&m(&r, &s(&v, &x3)), &a(&y1j, &y1j));
+        let zh = a(&p.z, &h);
+        let z3 = s(&s(&m(&zh, &zh), &z1z1), &hh);
+        Point { x: x3, y: y3, z: z3 }
+    }
+
+    /// `k·G` in affine coordinates.
+    fn base_mul(k: &U256) -> (U256, U256) {
+        let mut acc = Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] };
+        for bit in (0..256).rev() {
+            acc = double(&acc);
+            if k[bit / 64] >> (bit % 64) & 1 == 1 {
+                acc = add_affine(&acc, &GX, &GY);
+            }
+        }
+        let zi = inv_mod(&acc.z, &P);
+        let zi2 = mul_mod(&zi, &zi, &P);
+        (mul_mod(&acc.x, &zi2, &P), mul_mod(&acc.y, &mul_mod(&zi2, &zi, &P), &P))
+    }
+
+    /// A DER length.
+    fn len(n: usize) -> Vec<u8> {
+        match n {
+            0..=0x7f => vec![n as u8],
+            0x80..=0xff => vec![0x81, n as u8],
+            _ => vec![0x82, (n >> 8) as u8, n as u8],
+        }
+    }
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend(len(body.len()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The element starting at `at`: (header length, total length).
+    fn element(der: &[u8], at: usize) -> (usize, usize) {
+        match der[at + 1] {
+            n @ 0..=0x7f => (2, 2 + n as usize),
+            0x81 => (3, 3 + der[at + 2] as usize),
+            0x82 => (4, 4 + ((der[at + 2] as usize) << 8 | der[at + 3] as usize)),
+            other => panic!("DER length form {other:#x} not supported"),
+        }
+    }
+
+    fn der_integer(a: &U256) -> Vec<u8> {
+        let bytes = to_bytes(a);
+        let mut body: Vec<u8> = bytes.iter().copied().skip_while(|&b| b == 0).collect();
+        if body.first().is_none_or(|b| b & 0x80 != 0) {
+            body.insert(0, 0);
+        }
+        tlv(0x02, &body)
+    }
+
+    /// The federation CA's ECDSA P-256 private key.
+    pub struct CaKey {
+        d: U256,
+    }
+
+    impl CaKey {
+        /// Reads the PKCS#8 `ca.key` and checks the key against the public point it holds.
+        pub fn load(path: &std::path::Path) -> Self {
+            let pem = std::fs::read_to_string(path).unwrap().replace("PRIVATE KEY-----", "CERTIFICATE-----");
+            let der = ldx_gateway::pki::first_certificate_der(&pem).expect("a PEM key");
+            let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("an EC private key") + 5;
+            let d = from_bytes(&der[at..at + 32]);
+            let public = der.windows(4).position(|w| w == [0x03, 0x42, 0x00, 0x04]).expect("the public point") + 4;
+            let (x, y) = base_mul(&d);
+            assert_eq!(
+                (to_bytes(&x).as_slice(), to_bytes(&y).as_slice()),
+                (&der[public..public + 32], &der[public + 32..public + 64]),
+                "P-256 arithmetic is wrong"
+            );
+            Self { d }
+        }
+
+        fn sign(&self, message: &[u8]) -> (U256, U256) {
+            let z = from_bytes(&sha256(message));
+            let z = if ge(&z, &N) { sub(&z, &N).0 } else { z };
+            for counter in 0u8.. {
+                let mut seed = to_bytes(&self.d).to_vec();
+                seed.extend_from_slice(&to_bytes(&z));
+                seed.push(counter);
+                let k = from_bytes(&sha256(&seed));
+                if is_zero(&k) || ge(&k, &N) {
+                    continue;
+                }
+                let (x, _) = base_mul(&k);
+                let r = if ge(&x, &N) { sub(&x, &N).0 } else { x };
+                let s = mul_mod(&inv_mod(&k, &N), &add_mod(&z, &mul_mod(&r, &self.d, &N), &N), &N);
+                if !is_zero(&r) && !is_zero(&s) {
+                    return (r, s);
+                }
+            }
+            unreachable!("a nonce is found")
+        }
+
+        /// `cert` (DER, issued by this CA) with its validity period replaced
+        /// (UTCTime `YYMMDDHHMMSSZ`) and signed again.
+        pub fn resign(&self, cert: &[u8], not_before: &[u8; 13], not_after: &[u8; 13]) -> Vec<u8> {
+            let (outer_header, _) = element(cert, 0);
+            let (_, tbs_len) = element(cert, outer_header);
+            let mut tbs = cert[outer_header..outer_header + tbs_len].to_vec();
+            let (_, alg_len) = element(cert, outer_header + tbs_len);
+            let algorithm = &cert[outer_header + tbs_len..outer_header + tbs_len + alg_len];
+            // Validity: a SEQUENCE (30 bytes) of two UTCTimes (13 bytes each).
+            let at = tbs.windows(4).position(|w| w == [0x30, 0x1e, 0x17, 0x0d]).expect("a UTCTime validity");
+            tbs[at + 4..at + 17].copy_from_slice(not_before);
+            tbs[at + 19..at + 32].copy_from_slice(not_after);
+            let (r, s) = self.sign(&tbs);
+            let mut signature = vec![0];
+            signature.extend(tlv(0x30, &[der_integer(&r), der_integer(&s)].concat()));
+            tlv(0x30, &[tbs, algorithm.to_vec(), tlv(0x03, &signature)].concat())
+        }
+    }
+
+    #[test]
+    fn the_generator_is_on_the_curve() {
+        let x3 = mul_mod(&mul_mod(&GX, &GX, &P), &GX, &P);
+        let three_x = add_mod(&add_mod(&GX, &GX, &P), &GX, &P);
+        let rhs = add_mod(&sub_mod(&x3, &three_x, &P), &B, &P);
+        assert_eq!(mul_mod(&GY, &GY, &P), rhs);
+    }
 }
