@@ -18,6 +18,7 @@ use crate::exchange::Stats;
 use crate::exchange::receiver::ExchangeService;
 use crate::exchange::sender::{SenderContext, supervise};
 use crate::exchange::tls::{PeerTls, TlsFileError};
+use crate::grpc::assessment::AssessmentService;
 use crate::grpc::monitor::MonitorService;
 use crate::grpc::registry::RegistryService;
 use crate::registry::{ExchangeHooks, Registry, ReportHooks};
@@ -151,6 +152,7 @@ pub async fn run_with_peer(
             .add_service(health_service.clone())
             .add_service(ExchangeService::new(registry.clone(), directory, stop_rx.clone()).into_server())
             .add_service(monitor.clone().into_server())
+            .add_service(AssessmentService::new(registry.clone()).into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
         write_atomically(&config.peer_addr_file(), &format!("{addr}\n"))?;
         tracing::info!(division = %division, peer = %addr, "peer API serving (mutual TLS)");
@@ -181,6 +183,7 @@ pub async fn run_with_peer(
         .add_service(reflection_v1alpha)
         .add_service(RegistryService::new(registry.clone()).into_server())
         .add_service(monitor.into_server())
+        .add_service(AssessmentService::new(registry.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(stop_rx.clone()))
         .await;
     let _ = std::fs::remove_file(&addr_file);

@@ -17,12 +17,14 @@ use crate::storage::records::{AuditEntry, AuditHead, OutChannel, PersonRecord, P
 use crate::storage::{Batch, StorageError, Store};
 
 mod apply;
+mod assessment;
 mod flows;
 mod reports;
 mod sync;
 mod work;
 
 pub use apply::{ApplyError, ApplyOutcome};
+pub use assessment::indicator;
 pub use reports::{KeyLookup, ReportHooks};
 use sync::Txn;
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};

@@ -20,5 +20,6 @@ pub mod service_names {
     pub const REGISTRY: &str = "ldx.v1.Registry";
     pub const EXCHANGE: &str = "ldx.v1.Exchange";
     pub const MONITOR: &str = "ldx.v1.Monitor";
+    pub const ASSESSMENT: &str = "ldx.v1.Assessment";
     pub const DIRECTORY: &str = "ldx.v1.Directory";
 }

@@ -1,15 +1,27 @@
 //! Signatures of the messages that must stand alone as evidence: the service report
-//! (signed by the residence node that issued it) and the verdict on it (signed by her
-//! origin). Each is signed over its own encoding with the `signature` field empty, in a
+//! (signed by the residence node that issued it), the verdict on it (signed by her
+//! origin) and each node's assessment statement. Each is signed over its own encoding with the `signature` field empty, in a
 //! domain of its own, so neither can pass for the other or for a chain head.
 
 use prost::Message;
 
 use crate::identity::{PublicKey, SignKey, SignatureError};
-use crate::v1::{ReportVerdict, ServiceReport};
+use crate::v1::{AssessmentStatement, ReportVerdict, ServiceReport};
 
 const REPORT_DOMAIN: &str = "ldx.v1.service-report";
 const VERDICT_DOMAIN: &str = "ldx.v1.report-verdict";
+const STATEMENT_DOMAIN: &str = "ldx.v1.assessment-statement";
+
+/// Sets `statement.signature` to the measuring node's signature.
+pub fn sign_statement(statement: &mut AssessmentStatement, key: &SignKey) {
+    statement.signature.clear();
+    statement.signature = key.sign(STATEMENT_DOMAIN, &statement.encode_to_vec());
+}
+
+pub fn verify_statement(statement: &AssessmentStatement, key: &PublicKey) -> Result<(), SignatureError> {
+    let unsigned = AssessmentStatement { signature: Vec::new(), ..statement.clone() }.encode_to_vec();
+    key.verify(STATEMENT_DOMAIN, &unsigned, &statement.signature)
+}
 
 fn unsigned_report(report: &ServiceReport) -> Vec<u8> {
     ServiceReport { signature: Vec::new(), ..report.clone() }.encode_to_vec()
@@ -66,6 +78,16 @@ mod tests {
         let mut unsigned = r.clone();
         unsigned.signature.clear();
         assert!(verify_report(&unsigned, &issuer.public()).is_err(), "no signature");
+    }
+
+    #[test]
+    fn a_statement_verifies_only_unchanged() {
+        let key = SignKey::generate();
+        let mut s = AssessmentStatement { period: "2026Q1".into(), node: "411421".into(), ..Default::default() };
+        sign_statement(&mut s, &key);
+        verify_statement(&s, &key.public()).unwrap();
+        s.counterpart = "410103007".into();
+        assert!(verify_statement(&s, &key.public()).is_err());
     }
 
     #[test]

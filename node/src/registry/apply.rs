@@ -138,6 +138,7 @@ impl Registry {
         let (mut applied, mut refused) = (0, 0);
         for (_, envelope) in envelopes {
             let kind = body_kind(envelope.body.as_ref());
+            let mark = txn.log_mark();
             let (direction, reason) = match self.apply_one(&writer, &mut txn, from, envelope) {
                 Ok(()) => {
                     applied += 1;
@@ -151,16 +152,20 @@ impl Registry {
                 }
                 Err(Fail::Error(e)) => return Err(e.into()),
             };
-            txn.log(LogRecord {
-                direction: direction as i32,
-                peer: from.to_owned(),
-                to: to.to_owned(),
-                seq: envelope.seq,
-                kind: kind.to_owned(),
-                person_key: envelope.person_key.clone(),
-                at_ms: now,
-                reason,
-            });
+            txn.log_at(
+                mark,
+                LogRecord {
+                    direction: direction as i32,
+                    peer: from.to_owned(),
+                    to: to.to_owned(),
+                    seq: envelope.seq,
+                    kind: kind.to_owned(),
+                    person_key: envelope.person_key.clone(),
+                    at_ms: now,
+                    reason,
+                    sent_at_ms: envelope.created_at_ms,
+                },
+            );
         }
         state.applied_seq = prev_seq;
         state.last_hash = prev_hash;

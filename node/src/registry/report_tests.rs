@@ -441,3 +441,51 @@ fn verdicts_to(f: &Federation, to: &str) -> Vec<pb::ReportVerdict> {
         })
         .collect()
 }
+
+/// (total, on_time) of indicator `name` in `node`'s statement about `counterpart`.
+fn measured(f: &Federation, node: &str, counterpart: &str, name: &str) -> (u64, u64) {
+    let period = crate::domain::Period::parse("period", "2026Q1").unwrap();
+    let statements = f.at(node).assessment(period).unwrap();
+    let statement = statements.iter().find(|s| s.counterpart == counterpart).expect("a statement for the pair");
+    let public = f.nodes[node].key.public();
+    ldx_proto::report::verify_statement(statement, &public).unwrap();
+    let i = statement.indicators.iter().find(|i| i.name == name).unwrap();
+    assert_eq!(i.missed.len() as u64, i.total - i.on_time, "every miss is listed for drill-down");
+    (i.total, i.on_time)
+}
+
+#[test]
+fn a_planted_delay_lowers_notice_timeliness_on_both_sides_and_a_lost_notice_shows_as_a_difference() {
+    let f = Federation::new("2026-01-05");
+    let r1 = f.at(R1);
+    for n in 1..=3 {
+        r1.move_in(&move_in(n, R1, "2026-01-05")).unwrap();
+    }
+    f.deliver(R1, ORIGIN);
+    f.deliver(ORIGIN, R1);
+    // Person 4's notice is held back for 15 days, past the 7-day deadline.
+    r1.move_in(&move_in(4, R1, "2026-01-05")).unwrap();
+    f.set_today("2026-01-20");
+    f.deliver(R1, ORIGIN);
+    f.deliver(ORIGIN, R1);
+    // Person 5's notice never arrives within the quarter.
+    f.set_today("2026-03-25");
+    r1.move_in(&move_in(5, R1, "2026-03-25")).unwrap();
+    f.set_today("2026-04-05");
+
+    use super::indicator::{FEEDBACK_TIMELINESS, NOTICE_TIMELINESS};
+    // The destination counts five notices, two of them not through in time; her origin
+    // saw four arrive, one late. Both figures are lowered, and the totals differ.
+    assert_eq!(measured(&f, R1, ORIGIN, NOTICE_TIMELINESS), (5, 3));
+    assert_eq!(measured(&f, ORIGIN, R1, NOTICE_TIMELINESS), (4, 3));
+    // The origin answered each notice as it arrived; the destination waited 15 days for
+    // the fourth feedback.
+    assert_eq!(measured(&f, ORIGIN, R1, FEEDBACK_TIMELINESS), (4, 4));
+    assert_eq!(measured(&f, R1, ORIGIN, FEEDBACK_TIMELINESS), (4, 3));
+
+    // Once the held notice is delivered the counts agree again, still late.
+    f.deliver(R1, ORIGIN);
+    f.deliver(ORIGIN, R1);
+    assert_eq!(measured(&f, R1, ORIGIN, NOTICE_TIMELINESS), (5, 3));
+    assert_eq!(measured(&f, ORIGIN, R1, NOTICE_TIMELINESS), (5, 3));
+}

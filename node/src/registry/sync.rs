@@ -104,6 +104,16 @@ impl<'a> Txn<'a> {
         self.log.push(record);
     }
 
+    /// Where the next log record will go: an envelope's own entry is inserted there once
+    /// its outcome is known, so it precedes the envelopes it caused.
+    pub fn log_mark(&self) -> usize {
+        self.log.len()
+    }
+
+    pub fn log_at(&mut self, mark: usize, record: LogRecord) {
+        self.log.insert(mark, record);
+    }
+
     pub fn put_person(&mut self, key: &PersonKey, record: PersonRecord) {
         self.batch.put_person(key, &record);
         self.persons.insert(*key, record);
@@ -172,6 +182,7 @@ impl Registry {
             person_key: person.0.to_vec(),
             at_ms: now,
             reason: String::new(),
+            sent_at_ms: now,
         });
         txn.wake.insert(peer.to_owned());
     }

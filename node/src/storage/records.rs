@@ -189,6 +189,10 @@ pub struct LogRecord {
     pub at_ms: i64,
     #[prost(string, tag = "8")]
     pub reason: String,
+    /// For an envelope applied or refused here: when its sender created it (UTC ms), so
+    /// the assessment can tell how long it took to arrive.
+    #[prost(int64, tag = "9")]
+    pub sent_at_ms: i64,
 }
 
 /// Something this node waits for (an answer from a peer) by a deadline.

@@ -1,0 +1,222 @@
+//! The two-way assessment (双向考核) as this node measures it: per counterpart node and
+//! quarter, each indicator of DESIGN.md counted from this node's own message log and
+//! reports. Both sides of a pair measure every indicator from their own records; the
+//! gateway puts the two statements side by side, and where their counts differ something
+//! was lost or is late.
+//!
+//! An item belongs to the quarter in which it started (the notice sent, the query sent,
+//! the report's own quarter). Arrival is measured where it is seen: the origin sees a
+//! notice arrive (applied, against the time the sender created it); the destination sees
+//! it arrive when the origin's feedback, sent on arrival, comes back.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate};
+use ldx_proto::v1 as pb;
+
+use super::flows::add_days;
+use super::{Registry, RegistryError};
+use crate::clock::{cst, from_day_number};
+use crate::domain::Period;
+
+/// Days a notice may take to reach the origin, and feedback to come back (DESIGN.md).
+pub const NOTICE_DAYS: i64 = 7;
+pub const FEEDBACK_DAYS: i64 = 7;
+
+const DAY_MS: i64 = 86_400_000;
+
+pub mod indicator {
+    pub const NOTICE_TIMELINESS: &str = "notice_timeliness";
+    pub const REPORT_RETURN: &str = "report_return";
+    pub const REPORT_QUALITY: &str = "report_quality";
+    pub const FEEDBACK_TIMELINESS: &str = "feedback_timeliness";
+    pub const VERDICT_RETURN: &str = "verdict_return";
+    pub const CERTIFICATE_ANSWERS: &str = "certificate_answers";
+
+    /// Every indicator with the side it assesses, in display order.
+    pub const ALL: [(&str, &str); 6] = [
+        (NOTICE_TIMELINESS, "destination"),
+        (REPORT_RETURN, "destination"),
+        (REPORT_QUALITY, "destination"),
+        (FEEDBACK_TIMELINESS, "origin"),
+        (VERDICT_RETURN, "origin"),
+        (CERTIFICATE_ANSWERS, "origin"),
+    ];
+}
+
+/// Counts of one indicator for one counterpart.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    total: u64,
+    on_time: u64,
+    missed: Vec<String>,
+}
+
+impl Tally {
+    fn count(&mut self, ok: bool, item: impl FnOnce() -> String) {
+        self.total += 1;
+        if ok {
+            self.on_time += 1;
+        } else {
+            self.missed.push(item());
+        }
+    }
+}
+
+fn day_of(ms: i64) -> NaiveDate {
+    DateTime::from_timestamp_millis(ms).map_or(NaiveDate::MIN, |t| t.with_timezone(&cst()).date_naive())
+}
+
+/// Start of a pending item, keyed by counterpart and person.
+type Started = HashMap<(String, Vec<u8>), i64>;
+
+impl Registry {
+    /// This node's statements for `period`, one per counterpart, each signed when the
+    /// node has a signing key.
+    pub fn assessment(&self, period: Period) -> Result<Vec<pb::AssessmentStatement>, RegistryError> {
+        let deadlines = self.deadlines();
+        let now = self.clock.now().timestamp_millis();
+        // (counterpart, indicator, met the deadline, the item) for every item measured.
+        let mut counts: Vec<(String, &'static str, bool, String)> = Vec::new();
+        let in_period = |ms: i64| period.contains(day_of(ms));
+
+        // Pass over the log: match each start with the answer that closes it.
+        let (mut notices_sent, mut queries_sent, mut notices_applied, mut queries_applied) =
+            (Started::new(), Started::new(), Started::new(), Started::new());
+        let mut after = 0;
+        loop {
+            let page = self.store.log_after(after, 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            for (_, e) in page {
+                let applied = e.direction == pb::Direction::Applied as i32;
+                let sent = e.direction == pb::Direction::Sent as i32;
+                let key = (e.peer.clone(), e.person_key.clone());
+                match e.kind.as_str() {
+                    "move_in_notice" if sent && in_period(e.at_ms) => {
+                        notices_sent.insert(key, e.at_ms);
+                    }
+                    "move_in_notice" if applied && in_period(e.sent_at_ms) => {
+                        let ok = e.at_ms - e.sent_at_ms <= NOTICE_DAYS * DAY_MS;
+                        counts.push((e.peer.clone(), indicator::NOTICE_TIMELINESS, ok, hex::encode(&e.person_key)));
+                        notices_applied.insert(key, e.at_ms);
+                    }
+                    "move_in_feedback" if applied => {
+                        if let Some(start) = notices_sent.remove(&key) {
+                            let ok = e.at_ms - start <= NOTICE_DAYS * DAY_MS;
+                            counts.push((e.peer.clone(), indicator::NOTICE_TIMELINESS, ok, hex::encode(&e.person_key)));
+                            let ok = e.at_ms - start <= (NOTICE_DAYS + FEEDBACK_DAYS) * DAY_MS;
+                            counts.push((
+                                e.peer.clone(),
+                                indicator::FEEDBACK_TIMELINESS,
+                                ok,
+                                hex::encode(&e.person_key),
+                            ));
+                        }
+                    }
+                    "move_in_feedback" if sent => {
+                        if let Some(start) = notices_applied.remove(&key) {
+                            let ok = e.at_ms - start <= FEEDBACK_DAYS * DAY_MS;
+                            counts.push((
+                                e.peer.clone(),
+                                indicator::FEEDBACK_TIMELINESS,
+                                ok,
+                                hex::encode(&e.person_key),
+                            ));
+                        }
+                    }
+                    "certificate_query" if sent && in_period(e.at_ms) => {
+                        queries_sent.insert(key, e.at_ms);
+                    }
+                    "certificate_query" if applied && in_period(e.sent_at_ms) => {
+                        queries_applied.insert(key, e.sent_at_ms);
+                    }
+                    "certificate_answer" if applied || sent => {
+                        let starts = if applied { &mut queries_sent } else { &mut queries_applied };
+                        if let Some(start) = starts.remove(&key) {
+                            let ok = e.at_ms - start <= i64::from(deadlines.certificate_answer_days) * DAY_MS;
+                            counts.push((
+                                e.peer.clone(),
+                                indicator::CERTIFICATE_ANSWERS,
+                                ok,
+                                hex::encode(&e.person_key),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Starts still unanswered count as missed once their deadline has passed.
+        let open = [
+            (indicator::NOTICE_TIMELINESS, &notices_sent, NOTICE_DAYS),
+            (indicator::FEEDBACK_TIMELINESS, &notices_applied, FEEDBACK_DAYS),
+            (indicator::CERTIFICATE_ANSWERS, &queries_sent, i64::from(deadlines.certificate_answer_days)),
+            (indicator::CERTIFICATE_ANSWERS, &queries_applied, i64::from(deadlines.certificate_answer_days)),
+        ];
+        for (name, starts, days) in open {
+            for ((peer, person), start) in starts {
+                if now - start > days * DAY_MS {
+                    counts.push((peer.clone(), name, false, hex::encode(person)));
+                }
+            }
+        }
+
+        // Reports: issued here (this node is her residence) or received (her origin).
+        let closes = add_days(period.last_day(), deadlines.report_days);
+        for (key, stored) in self.store.reports()? {
+            if key.period != period.index() {
+                continue;
+            }
+            let arrived = if stored.issued_here { stored.issued_day } else { stored.received_day.unwrap_or(i32::MAX) };
+            let returned = from_day_number(arrived) <= closes;
+            let peer = stored.peer.clone();
+            let id = stored.report_id.clone();
+            counts.push((peer.clone(), indicator::REPORT_RETURN, returned, id.clone()));
+            let from = if stored.issued_here { stored.issued_day } else { arrived };
+            if let Some(verdict) = stored.verdict_day {
+                let qualified = stored.status == pb::ReportStatus::Qualified as i32;
+                counts.push((peer.clone(), indicator::REPORT_QUALITY, qualified, id.clone()));
+                let in_time = i64::from(verdict) - i64::from(from) <= i64::from(deadlines.verdict_days);
+                counts.push((peer, indicator::VERDICT_RETURN, in_time, id));
+            } else if self.clock.today() > add_days(from_day_number(from), deadlines.verdict_days) {
+                counts.push((peer, indicator::VERDICT_RETURN, false, id));
+            }
+        }
+
+        let mut tallies: BTreeMap<String, HashMap<&'static str, Tally>> = BTreeMap::new();
+        for (peer, name, ok, item) in counts {
+            tallies.entry(peer).or_default().entry(name).or_default().count(ok, || item);
+        }
+
+        let mut out = Vec::new();
+        for (counterpart, mut by_name) in tallies {
+            let indicators = indicator::ALL
+                .iter()
+                .map(|(name, assessed)| {
+                    let t = by_name.remove(name).unwrap_or_default();
+                    pb::Indicator {
+                        name: (*name).to_owned(),
+                        assessed: (*assessed).to_owned(),
+                        total: t.total,
+                        on_time: t.on_time,
+                        missed: t.missed,
+                    }
+                })
+                .collect();
+            let mut statement = pb::AssessmentStatement {
+                period: period.to_string(),
+                node: self.division.as_str().to_owned(),
+                counterpart,
+                indicators,
+                computed_at_ms: now,
+                signature: Vec::new(),
+            };
+            if let Some(hooks) = &self.reports {
+                ldx_proto::report::sign_statement(&mut statement, &hooks.signer);
+            }
+            out.push(statement);
+        }
+        Ok(out)
+    }
+}
