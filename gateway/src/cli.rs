@@ -66,6 +66,21 @@ pub enum Command {
         #[arg(long, default_value_t = 24)]
         history_hours: u64,
     },
+    /// The two-way assessment (双向考核) of a quarter: every node's signed statements side by
+    /// side per pair of regions, disagreements flagged, and each region's score of 1000.
+    Assess {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Quarter, e.g. 2026Q4 (default: the current quarter, China Standard Time).
+        #[arg(long)]
+        period: Option<String>,
+        /// Print CSV instead of tables.
+        #[arg(long)]
+        csv: bool,
+        /// Indicator weights: `indicator = points` lines (default: 1000 points per side).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// The federation CA, federation key and salt, and node certificates.
     Pki {
         #[command(subcommand)]
@@ -183,6 +198,7 @@ pub fn main() -> ExitCode {
                 };
                 run_gateway(pki.dir, listen, addr_file, metrics).await
             }
+            Command::Assess { pki, period, csv, weights } => assess(&pki.dir, period, csv, weights).await,
             Command::Pki { command } => pki_command(command),
             Command::Directory { command } => directory_command(command),
         }
@@ -194,6 +210,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn assess(pki: &Path, period: Option<String>, csv: bool, weights: Option<PathBuf>) -> anyhow::Result<()> {
+    use ldx_node::clock::Clock as _;
+    let period = match period {
+        Some(raw) => ldx_node::domain::Period::parse("--period", &raw)?,
+        None => ldx_node::domain::Period::of(ldx_node::clock::SystemClock.today()),
+    };
+    let weights = match weights {
+        Some(path) => crate::assess::Weights::load(&path)?,
+        None => crate::assess::Weights::default(),
+    };
+    let period = period.to_string();
+    let (statements, unavailable) = crate::assess::gather(pki, &period).await?;
+    let mut rollup = crate::assess::rollup(&period, &statements, &weights);
+    rollup.unavailable = unavailable;
+    if csv {
+        print!("{}", crate::assess::render_csv(&rollup));
+    } else {
+        print!("{}", crate::assess::render_text(&rollup));
+    }
+    for (node, why) in rollup.unavailable.iter().filter(|_| csv) {
+        eprintln!("warning: no statement from {node}: {why}");
+    }
+    Ok(())
 }
 
 fn print_ready(ready: &demo::DemoReady) {

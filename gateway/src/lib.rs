@@ -2,6 +2,7 @@
 //! serves the signed directory, collects every node's replication status for `/metrics`
 //! and the operators' dashboard, and runs the demo federation.
 
+pub mod assess;
 pub mod cli;
 pub mod collector;
 pub mod dashboard;

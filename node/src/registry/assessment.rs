@@ -49,16 +49,32 @@ pub mod indicator {
 struct Tally {
     total: u64,
     on_time: u64,
+    pending: u64,
     missed: Vec<String>,
 }
 
+/// What became of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    OnTime,
+    Missed,
+    /// Not answered yet; its deadline is still ahead.
+    Pending,
+}
+
+impl Outcome {
+    fn of(ok: bool) -> Self {
+        if ok { Self::OnTime } else { Self::Missed }
+    }
+}
+
 impl Tally {
-    fn count(&mut self, ok: bool, item: impl FnOnce() -> String) {
+    fn count(&mut self, outcome: Outcome, item: String) {
         self.total += 1;
-        if ok {
-            self.on_time += 1;
-        } else {
-            self.missed.push(item());
+        match outcome {
+            Outcome::OnTime => self.on_time += 1,
+            Outcome::Pending => self.pending += 1,
+            Outcome::Missed => self.missed.push(item),
         }
     }
 }
@@ -77,7 +93,7 @@ impl Registry {
         let deadlines = self.deadlines();
         let now = self.clock.now().timestamp_millis();
         // (counterpart, indicator, met the deadline, the item) for every item measured.
-        let mut counts: Vec<(String, &'static str, bool, String)> = Vec::new();
+        let mut counts: Vec<(String, &'static str, Outcome, String)> = Vec::new();
         let in_period = |ms: i64| period.contains(day_of(ms));
 
         // Pass over the log: match each start with the answer that closes it.
@@ -98,18 +114,28 @@ impl Registry {
                     }
                     "move_in_notice" if applied && in_period(e.sent_at_ms) => {
                         let ok = e.at_ms - e.sent_at_ms <= NOTICE_DAYS * DAY_MS;
-                        counts.push((e.peer.clone(), indicator::NOTICE_TIMELINESS, ok, hex::encode(&e.person_key)));
+                        counts.push((
+                            e.peer.clone(),
+                            indicator::NOTICE_TIMELINESS,
+                            Outcome::of(ok),
+                            hex::encode(&e.person_key),
+                        ));
                         notices_applied.insert(key, e.at_ms);
                     }
                     "move_in_feedback" if applied => {
                         if let Some(start) = notices_sent.remove(&key) {
                             let ok = e.at_ms - start <= NOTICE_DAYS * DAY_MS;
-                            counts.push((e.peer.clone(), indicator::NOTICE_TIMELINESS, ok, hex::encode(&e.person_key)));
+                            counts.push((
+                                e.peer.clone(),
+                                indicator::NOTICE_TIMELINESS,
+                                Outcome::of(ok),
+                                hex::encode(&e.person_key),
+                            ));
                             let ok = e.at_ms - start <= (NOTICE_DAYS + FEEDBACK_DAYS) * DAY_MS;
                             counts.push((
                                 e.peer.clone(),
                                 indicator::FEEDBACK_TIMELINESS,
-                                ok,
+                                Outcome::of(ok),
                                 hex::encode(&e.person_key),
                             ));
                         }
@@ -120,7 +146,7 @@ impl Registry {
                             counts.push((
                                 e.peer.clone(),
                                 indicator::FEEDBACK_TIMELINESS,
-                                ok,
+                                Outcome::of(ok),
                                 hex::encode(&e.person_key),
                             ));
                         }
@@ -138,7 +164,7 @@ impl Registry {
                             counts.push((
                                 e.peer.clone(),
                                 indicator::CERTIFICATE_ANSWERS,
-                                ok,
+                                Outcome::of(ok),
                                 hex::encode(&e.person_key),
                             ));
                         }
@@ -156,9 +182,8 @@ impl Registry {
         ];
         for (name, starts, days) in open {
             for ((peer, person), start) in starts {
-                if now - start > days * DAY_MS {
-                    counts.push((peer.clone(), name, false, hex::encode(person)));
-                }
+                let outcome = if now - start > days * DAY_MS { Outcome::Missed } else { Outcome::Pending };
+                counts.push((peer.clone(), name, outcome, hex::encode(person)));
             }
         }
 
@@ -172,21 +197,27 @@ impl Registry {
             let returned = from_day_number(arrived) <= closes;
             let peer = stored.peer.clone();
             let id = stored.report_id.clone();
-            counts.push((peer.clone(), indicator::REPORT_RETURN, returned, id.clone()));
+            counts.push((peer.clone(), indicator::REPORT_RETURN, Outcome::of(returned), id.clone()));
             let from = if stored.issued_here { stored.issued_day } else { arrived };
             if let Some(verdict) = stored.verdict_day {
                 let qualified = stored.status == pb::ReportStatus::Qualified as i32;
-                counts.push((peer.clone(), indicator::REPORT_QUALITY, qualified, id.clone()));
+                counts.push((peer.clone(), indicator::REPORT_QUALITY, Outcome::of(qualified), id.clone()));
                 let in_time = i64::from(verdict) - i64::from(from) <= i64::from(deadlines.verdict_days);
-                counts.push((peer, indicator::VERDICT_RETURN, in_time, id));
-            } else if self.clock.today() > add_days(from_day_number(from), deadlines.verdict_days) {
-                counts.push((peer, indicator::VERDICT_RETURN, false, id));
+                counts.push((peer, indicator::VERDICT_RETURN, Outcome::of(in_time), id));
+            } else {
+                let late = self.clock.today() > add_days(from_day_number(from), deadlines.verdict_days);
+                counts.push((
+                    peer,
+                    indicator::VERDICT_RETURN,
+                    if late { Outcome::Missed } else { Outcome::Pending },
+                    id,
+                ));
             }
         }
 
         let mut tallies: BTreeMap<String, HashMap<&'static str, Tally>> = BTreeMap::new();
-        for (peer, name, ok, item) in counts {
-            tallies.entry(peer).or_default().entry(name).or_default().count(ok, || item);
+        for (peer, name, outcome, item) in counts {
+            tallies.entry(peer).or_default().entry(name).or_default().count(outcome, item);
         }
 
         let mut out = Vec::new();
@@ -200,6 +231,7 @@ impl Registry {
                         assessed: (*assessed).to_owned(),
                         total: t.total,
                         on_time: t.on_time,
+                        pending: t.pending,
                         missed: t.missed,
                     }
                 })

@@ -1,0 +1,207 @@
+//! The two-way assessment from the nodes' own records to the gateway's tables.
+//!
+//! A planted delay: two registries on one simulated clock (a street office and her
+//! origin county), a notice held back past its 7-day deadline and one never delivered in
+//! the quarter. Each node's signed statement goes through the gateway's rollup: the
+//! lowered figure shows on both sides, and the pair is flagged where the counts differ.
+//! Then the network path: `ldx-gateway assess` gathers the statements of real node
+//! processes over mutual TLS.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use ldx_gateway::assess::{self, Figure, Weights};
+use ldx_gateway::synthetic;
+use ldx_node::clock::ManualClock;
+use ldx_node::config::DeadlineConfig;
+use ldx_node::crypto::{DataKey, FederationSalt};
+use ldx_node::domain::{Division, Period};
+use ldx_node::registry::{ExchangeHooks, Registry, ReportHooks, Router};
+use ldx_node::storage::Store;
+use ldx_proto::identity::SignKey;
+use ldx_proto::v1 as pb;
+use ldx_tests::cluster::{Cluster, wait_until};
+use prost::Message;
+
+const STREET: &str = "410103007";
+const COUNTY: &str = "411421";
+const GATEWAY: &str = env!("CARGO_BIN_EXE_ldx-gateway-harness");
+
+struct Pair {
+    _dirs: Vec<tempfile::TempDir>,
+    clock: ManualClock,
+    street: Registry,
+    county: Registry,
+    _woken: Vec<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+fn at(day: &str) -> chrono::DateTime<chrono::Utc> {
+    format!("{day}T02:00:00Z").parse().unwrap()
+}
+
+impl Pair {
+    fn new(today: &str) -> Self {
+        let clock = ManualClock::new(at(today));
+        let keys = [SignKey::generate(), SignKey::generate()];
+        let public = [keys[0].public(), keys[1].public()];
+        let (mut dirs, mut woken, mut registries) = (Vec::new(), Vec::new(), Vec::new());
+        for (division, key) in [STREET, COUNTY].into_iter().zip(keys) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path(), division, false).unwrap());
+            let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
+            let router: Router =
+                Arc::new(|code: &str| [STREET, COUNTY].into_iter().find(|d| code.starts_with(d)).map(str::to_owned));
+            let registry = Registry::new(
+                store,
+                DataKey::from_bytes(&[3; 32]),
+                FederationSalt::from_bytes([4; 32]),
+                Arc::new(clock.clone()),
+                Division::parse("division", division).unwrap(),
+            )
+            .unwrap()
+            .with_exchange(ExchangeHooks { router, wake, deadlines: DeadlineConfig::default() })
+            .with_reports(ReportHooks {
+                signer: key,
+                keys: Arc::new(move |d: &str| match d {
+                    STREET => Some(public[0]),
+                    COUNTY => Some(public[1]),
+                    _ => None,
+                }),
+            });
+            dirs.push(dir);
+            woken.push(rx);
+            registries.push(registry);
+        }
+        let county = registries.pop().unwrap();
+        let street = registries.pop().unwrap();
+        Self { _dirs: dirs, clock, street, county, _woken: woken }
+    }
+
+    fn set_today(&self, day: &str) {
+        self.clock.set(at(day));
+    }
+
+    /// Carries everything pending on the channel `from -> to` and acks it.
+    fn deliver(&self, from: &Registry, to: &Registry) {
+        let (sender, receiver) = (from.division().as_str(), to.division().as_str());
+        let acked = from.outbound().into_iter().find(|(p, _)| p == receiver).map_or(0, |(_, s)| s.acked_seq);
+        let batch: Vec<_> = from
+            .outbox_batch(receiver, acked + 1, 10_000, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, bytes)| {
+                let envelope = pb::Envelope::decode(bytes.as_slice()).unwrap();
+                (bytes, envelope)
+            })
+            .collect();
+        let outcome = to.apply_batch(sender, receiver, &batch).unwrap();
+        from.ack(receiver, outcome.applied_seq).unwrap();
+    }
+
+    fn register(&self, n: u32, date: &str) {
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+        let request = synthetic::person(COUNTY, n).move_in(STREET, date, pb::Category::MixedCommunity);
+        self.street.move_in(&request).unwrap();
+    }
+}
+
+#[test]
+fn a_planted_delay_shows_on_both_sides_and_the_differing_counts_are_flagged() {
+    let pair = Pair::new("2026-01-05");
+    for n in 1..=3 {
+        pair.register(n, "2026-01-05");
+    }
+    pair.deliver(&pair.street, &pair.county);
+    pair.deliver(&pair.county, &pair.street);
+    // The planted delay: the fourth notice is held back for 15 days.
+    pair.register(4, "2026-01-05");
+    pair.set_today("2026-01-20");
+    pair.deliver(&pair.street, &pair.county);
+    pair.deliver(&pair.county, &pair.street);
+    // The fifth never arrives within the quarter.
+    pair.set_today("2026-03-25");
+    pair.register(5, "2026-03-25");
+    pair.set_today("2026-04-05");
+
+    let period = Period::parse("period", "2026Q1").unwrap();
+    let mut statements = pair.street.assessment(period).unwrap();
+    statements.extend(pair.county.assessment(period).unwrap());
+    let rollup = assess::rollup("2026Q1", &statements, &Weights::default());
+    let notice = rollup.rows.iter().find(|r| r.indicator == "notice_timeliness").unwrap();
+    assert_eq!((notice.destination.as_str(), notice.origin.as_str()), (STREET, COUNTY));
+    assert_eq!(notice.by_destination, Some(Figure { total: 5, on_time: 3, pending: 0 }), "lowered at the street");
+    assert_eq!(notice.by_origin, Some(Figure { total: 4, on_time: 3, pending: 0 }), "lowered at the county");
+    assert!(notice.disagrees(), "5 notices sent, 4 arrived");
+    let held = synthetic::person(COUNTY, 4).id_number;
+    let held_key = FederationSalt::from_bytes([4; 32]).person_key(&held).to_hex();
+    assert!(notice.missed.contains(&held_key), "the held notice is listed for drill-down");
+    let feedback = rollup.rows.iter().find(|r| r.indicator == "feedback_timeliness").unwrap();
+    assert_eq!(feedback.by_origin, Some(Figure { total: 4, on_time: 4, pending: 0 }));
+    assert_eq!(feedback.by_destination, Some(Figure { total: 4, on_time: 3, pending: 0 }));
+    let quality = rollup.rows.iter().find(|r| r.indicator == "report_quality").unwrap();
+    assert!(!quality.disagrees());
+
+    // The street office is scored on what the county measured: 3 of 4 notices in time.
+    let street = rollup.scores.iter().find(|s| s.node == STREET).unwrap();
+    assert!((street.points - 925.0).abs() < 1e-9, "{street:?}");
+    let table = assess::render_text(&rollup);
+    eprintln!("{table}");
+    let line = table.lines().find(|l| l.contains("notice_timeliness")).unwrap();
+    assert!(line.contains("3/5") && line.contains("3/4") && line.ends_with("DISAGREE"), "{line}");
+}
+
+fn assess_csv(cluster: &Cluster, period: &str) -> anyhow::Result<String> {
+    let out =
+        Command::new(GATEWAY).args(["assess", "--csv", "--period", period, "--pki"]).arg(cluster.pki_dir()).output()?;
+    anyhow::ensure!(out.status.success(), "assess failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The CSV row of the notice indicator.
+fn notice_row(csv: &str) -> String {
+    csv.lines().find(|l| l.contains(",notice_timeliness,")).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_gathers_signed_statements_of_running_nodes() -> anyhow::Result<()> {
+    let cluster = Cluster::builder().nodes([STREET, COUNTY]).fault_proxies(true).start().await?;
+    let today = chrono::Utc::now().with_timezone(&ldx_node::clock::cst()).date_naive();
+    let period = Period::of(today).to_string();
+    let mut client = cluster.node(STREET).registry().await?;
+    for n in 0..10 {
+        let request = synthetic::person(COUNTY, n).move_in(STREET, today, pb::Category::MixedCommunity);
+        client.register_move_in(request).await?;
+    }
+    let c = &cluster;
+    let wait = Duration::from_secs(60);
+    wait_until(wait, "both sides count ten notices in time", async || {
+        assess_csv(c, &period).is_ok_and(|csv| notice_row(&csv).contains(",10,10,0,10,10,0,false,"))
+    })
+    .await?;
+
+    // Cut the county off: its side goes missing, and the street office counts the
+    // notices it cannot deliver as pending (their deadline is days away).
+    cluster.proxy(COUNTY).partition();
+    for n in 10..13 {
+        let request = synthetic::person(COUNTY, n).move_in(STREET, today, pb::Category::MixedCommunity);
+        client.register_move_in(request).await?;
+    }
+    let csv = assess_csv(&cluster, &period)?;
+    let row = notice_row(&csv);
+    assert!(row.contains(&format!("{STREET},{COUNTY},notice_timeliness,destination,13,10,3,,,,true,")), "{csv}");
+
+    cluster.proxy(COUNTY).heal();
+    wait_until(wait, "the held notices arrive and both sides agree again", async || {
+        assess_csv(c, &period).is_ok_and(|csv| notice_row(&csv).contains(",13,13,0,13,13,0,false,"))
+    })
+    .await?;
+    let text = Command::new(GATEWAY).args(["assess", "--period", &period, "--pki"]).arg(cluster.pki_dir()).output()?;
+    let text = String::from_utf8(text.stdout)?;
+    assert!(text.contains("双向考核") && !text.contains("DISAGREE"), "{text}");
+    let scores = text.split("scores (of 1000").nth(1).unwrap_or_default();
+    let score = scores.lines().find(|l| l.starts_with(STREET)).unwrap_or_default();
+    assert!(score.contains("1000.0"), "every notice in time: {text}");
+    Ok(())
+}
