@@ -1,13 +1,15 @@
 //! Fuzzing the wire: arbitrary and mutated bytes through envelope decoding, and mutated
-//! batches through the receiving path (the receiver's checks, the head signature and
-//! `Registry::apply_batch` on a real RocksDB store). Nothing may panic, every bad input
-//! must be rejected with an error that leaves the channel as it was, and whatever is
-//! accepted must continue the hash chain exactly.
+//! batches through the receiving path: in process (the receiver's checks as the node makes
+//! them, the head signature, and `Registry::apply_batch` on a real RocksDB store), and over
+//! mutual TLS against a real node process. Nothing may panic, every bad input must be
+//! rejected with an error that leaves the channel as it was, and whatever is accepted
+//! must continue the hash chain exactly.
 //!
-//! CI runs a modest number of inputs per target; `LDX_FUZZ_CASES` sets it for every
-//! target, `LDX_FUZZ_DECODE_CASES` and `LDX_FUZZ_APPLY_CASES` for one kind:
-//! `LDX_FUZZ_CASES=1000000 cargo test -p ldx-tests --test fuzz_envelope -- --nocapture`.
-//! Each target prints how many inputs it ran.
+//! CI runs 3,000 inputs per target. `LDX_FUZZ_CASES` sets the count of every target,
+//! `LDX_FUZZ_DECODE_CASES`, `LDX_FUZZ_APPLY_CASES` and `LDX_FUZZ_WIRE_CASES` one kind's:
+//! `LDX_FUZZ_CASES=1000000 LDX_FUZZ_WIRE_CASES=100000 cargo test -p ldx-tests --test
+//! fuzz_envelope -- --nocapture --test-threads 1`. Each target prints how many inputs it
+//! ran.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,8 +86,8 @@ fn id_number(origin: &str, n: u32) -> String {
 
 /// A message body of one of the known kinds, well-formed or not depending on `n`.
 fn body(kind: u8, n: u32) -> Body {
-    let origin = if n % 7 == 0 { OTHER_ORIGIN } else { RECEIVER };
-    let date = if n % 11 == 0 { "2026-02-30".to_owned() } else { format!("2026-0{}-1{}", n % 9 + 1, n % 10) };
+    let origin = if n.is_multiple_of(7) { OTHER_ORIGIN } else { RECEIVER };
+    let date = if n.is_multiple_of(11) { "2026-02-30".to_owned() } else { format!("2026-0{}-1{}", n % 9 + 1, n % 10) };
     let person = || {
         Some(pb::PersonDetails { id_number: id_number(origin, n), name: format!("测试{n}"), phone: String::new() })
     };
@@ -94,10 +96,10 @@ fn body(kind: u8, n: u32) -> Body {
             person: person(),
             role: (n % 5) as i32,
             category: (n % 8) as i32,
-            division: if n % 13 == 0 { OTHER.into() } else { SENDER.into() },
+            division: if n.is_multiple_of(13) { OTHER.into() } else { SENDER.into() },
             address: format!("大学路 {n} 号"),
             move_in_date: date.clone(),
-            household_division: if n % 17 == 0 { OTHER_ORIGIN.into() } else { String::new() },
+            household_division: if n.is_multiple_of(17) { OTHER_ORIGIN.into() } else { origin.into() },
             feedback_due: date,
         }),
         1 => Body::MoveInFeedback(pb::MoveInFeedback {
@@ -113,10 +115,12 @@ fn body(kind: u8, n: u32) -> Body {
             services: vec![pb::ServiceRecord { kind: (n % 6) as i32, date, details: "检查".into() }],
             accept_due: String::new(),
         }),
-        4 => {
-            Body::TransferAccept(pb::TransferAccept { accepted: n % 2 == 0, accepted_on: date, reason: String::new() })
-        }
-        5 => Body::CertificateQuery(pb::CertificateQuery { issue: n % 2 == 0, answer_due: date }),
+        4 => Body::TransferAccept(pb::TransferAccept {
+            accepted: n.is_multiple_of(2),
+            accepted_on: date,
+            reason: String::new(),
+        }),
+        5 => Body::CertificateQuery(pb::CertificateQuery { issue: n.is_multiple_of(2), answer_due: date }),
         _ => Body::CertificateAnswer(pb::CertificateAnswer {
             status: (n % 6) as i32,
             certificate_number: format!("C{n}"),
@@ -127,10 +131,9 @@ fn body(kind: u8, n: u32) -> Body {
 }
 
 /// An envelope of the channel under test about person `n`.
-fn envelope(seq: u64, kind: u8, n: u32) -> pb::Envelope {
+fn envelope(seq: u64, kind: u8, n: u32, salt: &FederationSalt) -> pb::Envelope {
     let n = n % 1000;
-    let origin = if n % 7 == 0 { OTHER_ORIGIN } else { RECEIVER };
-    let salt = FederationSalt::from_bytes(SALT);
+    let origin = if n.is_multiple_of(7) { OTHER_ORIGIN } else { RECEIVER };
     pb::Envelope {
         from: SENDER.into(),
         to: RECEIVER.into(),
@@ -210,9 +213,13 @@ fn mutated_envelopes_and_batches_decode_or_fail_cleanly() {
         prop::collection::vec(byte_mutation(), 1..5),
         any::<bool>(),
     );
+    let salt = FederationSalt::from_bytes(SALT);
     fuzz("decode mutated envelopes and batches", cases("DECODE"), strategy, |(parts, mutations, whole)| {
-        let envelopes: Vec<_> =
-            parts.iter().enumerate().map(|(i, (kind, n))| envelope(i as u64 + 1, *kind, *n).encode_to_vec()).collect();
+        let envelopes: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, n))| envelope(i as u64 + 1, *kind, *n, &salt).encode_to_vec())
+            .collect();
         let mut bytes = if whole {
             pb::SyncRequest {
                 kind: Some(pb::sync_request::Kind::Batch(pb::SyncBatch { envelopes, head_signature: vec![7; 64] })),
@@ -235,9 +242,13 @@ struct Receiver {
     _dir: tempfile::TempDir,
     registry: Registry,
     woken: Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
-    sender_key: SignKey,
-    sender_public: PublicKey,
-    other_key: SignKey,
+    keys: Keys,
+}
+
+/// The sender's signing key, and another node's.
+struct Keys {
+    sender: SignKey,
+    other: SignKey,
 }
 
 fn receiver() -> Receiver {
@@ -258,14 +269,11 @@ fn receiver() -> Receiver {
     )
     .unwrap()
     .with_exchange(ExchangeHooks { router, wake, deadlines: DeadlineConfig::default() });
-    let sender_key = SignKey::generate();
     Receiver {
         _dir: dir,
         registry,
         woken: Mutex::new(woken),
-        sender_public: sender_key.public(),
-        sender_key,
-        other_key: SignKey::generate(),
+        keys: Keys { sender: SignKey::generate(), other: SignKey::generate() },
     }
 }
 
@@ -334,7 +342,7 @@ fn field_mutation() -> impl Strategy<Value = FieldMutation> {
 }
 
 impl FieldMutation {
-    fn apply(&self, e: &mut pb::Envelope) {
+    fn apply(&self, e: &mut pb::Envelope, salt: &FederationSalt) {
         match self {
             Self::None => {}
             Self::Seq(d) => e.seq = e.seq.wrapping_add_signed(i64::from(*d)),
@@ -343,7 +351,12 @@ impl FieldMutation {
             Self::To => e.to = OTHER_ORIGIN.into(),
             Self::PersonKey(len) => e.person_key.resize(*len, 0xab),
             Self::NoBody => e.body = None,
-            Self::Kind(k) => e.body = Some(body(*k, u32::from(*k))),
+            Self::Kind(k) => {
+                // Another kind, about the same person.
+                let n = u32::from(*k);
+                e.body = Some(body(*k, n));
+                e.person_key = envelope(e.seq, *k, n, salt).person_key;
+            }
         }
     }
 }
@@ -384,79 +397,104 @@ fn plan() -> impl Strategy<Value = Plan> {
         })
 }
 
+/// A fuzzed batch for a channel at `applied_seq` with head `last_hash`.
+struct Built {
+    batch: pb::SyncBatch,
+    /// Whether the bytes differ from what an honest sender would have sent.
+    changed: bool,
+}
+
+/// Builds the batch an honest sender would send next (linked from the channel head and
+/// signed), then mutates it as `plan` says.
+fn build(plan: &Plan, applied_seq: u64, last_hash: &[u8], salt: &FederationSalt, keys: &Keys) -> Built {
+    let mut envelopes: Vec<pb::Envelope> = plan
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, n))| envelope(applied_seq + 1 + i as u64, *kind, *n, salt))
+        .collect();
+    let link = |envelopes: &mut [pb::Envelope], from: usize, prev: &[u8]| -> Vec<Vec<u8>> {
+        let mut prev = prev.to_vec();
+        envelopes[from..]
+            .iter_mut()
+            .map(|e| {
+                e.prev_hash = prev.clone();
+                let bytes = e.encode_to_vec();
+                prev = envelope_hash(&bytes).to_vec();
+                bytes
+            })
+            .collect()
+    };
+    let original = link(&mut envelopes, 0, last_hash);
+    let original_signature = {
+        let hash = envelope_hash(original.last().unwrap());
+        Head { from: SENDER, to: RECEIVER, seq: envelopes.last().unwrap().seq, hash: &hash }.sign(&keys.sender)
+    };
+
+    // Field mutation: the sender encodes and links the changed envelope as it is.
+    let mut sent = original.clone();
+    if !matches!(plan.field, FieldMutation::None) {
+        let t = plan.target;
+        let mut changed = envelopes.clone();
+        plan.field.apply(&mut changed[t], salt);
+        let prev = if t == 0 { last_hash.to_vec() } else { envelope_hash(&sent[t - 1]).to_vec() };
+        if !matches!(plan.field, FieldMutation::PrevHash(_)) {
+            changed[t].prev_hash = prev;
+        }
+        sent[t] = changed[t].encode_to_vec();
+        let next = envelope_hash(&sent[t]).to_vec();
+        sent.splice(t + 1.., link(&mut changed, t + 1, &next));
+    }
+    // Byte mutation: after encoding, relinked or not.
+    if let Some(m) = &plan.bytes {
+        let t = plan.target;
+        m.apply(&mut sent[t]);
+        if plan.relink && t + 1 < sent.len() {
+            let mut rest: Vec<_> =
+                sent[t + 1..].iter().filter_map(|b| pb::Envelope::decode(b.as_slice()).ok()).collect();
+            if rest.len() == sent.len() - t - 1 {
+                let next = envelope_hash(&sent[t]).to_vec();
+                sent.splice(t + 1.., link(&mut rest, 0, &next));
+            }
+        }
+    }
+    let last_seq =
+        pb::Envelope::decode(sent.last().unwrap().as_slice()).map_or(envelopes.last().unwrap().seq, |e| e.seq);
+    let hash = envelope_hash(sent.last().unwrap());
+    let head = Head { from: SENDER, to: RECEIVER, seq: last_seq, hash: &hash };
+    let head_signature = match plan.signer {
+        Signer::Honest => head.sign(&keys.sender),
+        Signer::Original => original_signature,
+        Signer::Other => head.sign(&keys.other),
+        Signer::Garbage => vec![0x5a; 64],
+    };
+    Built { changed: sent != original, batch: pb::SyncBatch { envelopes: sent, head_signature } }
+}
+
+/// Whether `envelopes` continue the channel at `applied_seq` / `last_hash` without a gap,
+/// a replay or a break: what the receiver must check before applying.
+fn continues(applied_seq: u64, last_hash: &[u8], envelopes: &[(Vec<u8>, pb::Envelope)]) -> bool {
+    let mut prev = last_hash.to_vec();
+    for (i, (bytes, e)) in envelopes.iter().enumerate() {
+        if e.seq != applied_seq + 1 + i as u64 || e.prev_hash != prev {
+            return false;
+        }
+        prev = envelope_hash(bytes).to_vec();
+    }
+    true
+}
+
 #[test]
 fn mutated_batches_never_corrupt_the_channel() {
     let r = receiver();
+    let salt = FederationSalt::from_bytes(SALT);
     let applied = AtomicU64::new(0);
     let rejected = AtomicU64::new(0);
     fuzz("verify and apply mutated batches", cases("APPLY"), plan(), |plan| {
         let before = r.registry.inbound(SENDER, RECEIVER).unwrap();
-        // The batch an honest sender would send next, as bytes linked from the channel head.
-        let mut envelopes: Vec<pb::Envelope> = plan
-            .parts
-            .iter()
-            .enumerate()
-            .map(|(i, (kind, n))| envelope(before.applied_seq + 1 + i as u64, *kind, *n))
-            .collect();
-        let link = |envelopes: &mut [pb::Envelope], from: usize, prev: &[u8]| -> Vec<Vec<u8>> {
-            let mut prev = prev.to_vec();
-            envelopes[from..]
-                .iter_mut()
-                .map(|e| {
-                    e.prev_hash = prev.clone();
-                    let bytes = e.encode_to_vec();
-                    prev = envelope_hash(&bytes).to_vec();
-                    bytes
-                })
-                .collect()
-        };
-        let original = link(&mut envelopes, 0, &before.last_hash);
-        let original_signature = {
-            let hash = envelope_hash(original.last().unwrap());
-            Head { from: SENDER, to: RECEIVER, seq: envelopes.last().unwrap().seq, hash: &hash }.sign(&r.sender_key)
-        };
+        let Built { batch, changed } = build(&plan, before.applied_seq, &before.last_hash, &salt, &r.keys);
 
-        // Field mutation: the sender encodes and links the changed envelope as it is.
-        let mut sent = original.clone();
-        if !matches!(plan.field, FieldMutation::None) {
-            let t = plan.target;
-            let mut changed = envelopes.clone();
-            plan.field.apply(&mut changed[t]);
-            let prev = if t == 0 { before.last_hash.clone() } else { envelope_hash(&sent[t - 1]).to_vec() };
-            if !matches!(plan.field, FieldMutation::PrevHash(_)) {
-                changed[t].prev_hash = prev;
-            }
-            sent[t] = changed[t].encode_to_vec();
-            let next = envelope_hash(&sent[t]).to_vec();
-            sent.splice(t + 1.., link(&mut changed, t + 1, &next));
-        }
-        // Byte mutation: after encoding, relinked or not.
-        if let Some(m) = &plan.bytes {
-            let t = plan.target;
-            m.apply(&mut sent[t]);
-            if plan.relink && t + 1 < sent.len() {
-                let mut rest: Vec<_> =
-                    sent[t + 1..].iter().filter_map(|b| pb::Envelope::decode(b.as_slice()).ok()).collect();
-                if rest.len() == sent.len() - t - 1 {
-                    let next = envelope_hash(&sent[t]).to_vec();
-                    sent.splice(t + 1.., link(&mut rest, 0, &next));
-                }
-            }
-        }
-        let last_seq =
-            pb::Envelope::decode(sent.last().unwrap().as_slice()).map_or(envelopes.last().unwrap().seq, |e| e.seq);
-        let hash = envelope_hash(sent.last().unwrap());
-        let head = Head { from: SENDER, to: RECEIVER, seq: last_seq, hash: &hash };
-        let head_signature = match plan.signer {
-            Signer::Honest => head.sign(&r.sender_key),
-            Signer::Original => original_signature,
-            Signer::Other => head.sign(&r.other_key),
-            Signer::Garbage => vec![0x5a; 64],
-        };
-        let changed = sent != original;
-        let batch = pb::SyncBatch { envelopes: sent.clone(), head_signature };
-
-        let outcome = verify(batch, &r.sender_public).map(|envelopes| {
+        let outcome = verify(batch, &r.keys.sender.public()).map(|envelopes| {
             let result = r.registry.apply_batch(SENDER, RECEIVER, &envelopes);
             (envelopes, result)
         });
@@ -470,23 +508,22 @@ fn mutated_batches_never_corrupt_the_channel() {
                     "bytes the sender never signed were applied"
                 );
                 // Accepted: exactly the consecutive continuation of the chain.
-                let mut prev = before.last_hash.clone();
-                for (i, (bytes, e)) in envelopes.iter().enumerate() {
-                    prop_assert_eq!(e.seq, before.applied_seq + 1 + i as u64);
-                    prop_assert_eq!(&e.prev_hash, &prev);
-                    prev = envelope_hash(bytes).to_vec();
-                }
+                prop_assert!(continues(before.applied_seq, &before.last_hash, &envelopes), "a break was applied");
                 prop_assert_eq!(done.applied + done.refused, envelopes.len());
                 prop_assert_eq!(after.applied_seq, before.applied_seq + envelopes.len() as u64);
                 prop_assert_eq!(done.applied_seq, after.applied_seq);
-                prop_assert_eq!(&after.last_hash, &prev);
+                prop_assert_eq!(&after.last_hash, &envelope_hash(&envelopes.last().unwrap().0).to_vec());
                 prop_assert_eq!(after.refused, before.refused + done.refused as u64);
                 if !changed {
                     prop_assert_eq!(done.applied + done.refused, plan.parts.len());
                 }
             }
-            Ok((_, Err(e))) => {
+            Ok((envelopes, Err(e))) => {
                 rejected.fetch_add(1, Ordering::Relaxed);
+                prop_assert!(
+                    !continues(before.applied_seq, &before.last_hash, &envelopes),
+                    "a continuation was refused: {e}"
+                );
                 prop_assert!(
                     matches!(
                         e,
@@ -518,4 +555,108 @@ fn mutated_batches_never_corrupt_the_channel() {
         state.applied_seq, state.refused
     );
     assert!(applied > 0 && rejected > 0, "the fuzzer exercised only one side: {applied} applied, {rejected} rejected");
+}
+
+/// `fut`, or a test failure naming `what` when the node does not answer in time.
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, TestCaseError> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), fut)
+        .await
+        .map_err(|_| TestCaseError::fail(format!("the node gave no answer within 20 s waiting for {what}")))
+}
+
+/// The same fuzzed batches against a real node process over mutual TLS, each sent on a
+/// fresh `Exchange.Sync` stream: the node must accept exactly the batches that pass the
+/// receiver's checks and continue the chain, answer every other one with an error, and
+/// keep serving. One round trip each.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutated_batches_over_mutual_tls_never_corrupt_the_channel() -> anyhow::Result<()> {
+    use ldx_tests::cluster::Cluster;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let cluster = Cluster::builder()
+        .binaries(env!("CARGO_BIN_EXE_ldx-node-harness"), env!("CARGO_BIN_EXE_ldx-gateway-harness"))
+        .nodes([SENDER, RECEIVER])
+        .sync_writes(false)
+        .start()
+        .await?;
+    let pki = cluster.pki_dir();
+    let node = ldx_gateway::pki::node_dir(pki, SENDER);
+    let keys = Keys {
+        sender: SignKey::load(&node.join(ldx_gateway::pki::SIGNING_KEY))?,
+        other: SignKey::load(&ldx_gateway::pki::node_dir(pki, RECEIVER).join(ldx_gateway::pki::SIGNING_KEY))?,
+    };
+    let salt = FederationSalt::load(&pki.join(ldx_gateway::pki::FEDERATION_SALT))?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(pki.join(ldx_gateway::pki::CA_CERT))?))
+        .identity(Identity::from_pem(
+            std::fs::read(node.join(ldx_gateway::pki::NODE_CERT))?,
+            std::fs::read(node.join(ldx_gateway::pki::NODE_KEY))?,
+        ))
+        .domain_name(ldx_proto::identity::division_dns_name(RECEIVER));
+    let peer = cluster.node(RECEIVER).peer_addr().expect("running");
+    let channel = Endpoint::from_shared(format!("https://{peer}"))?.tls_config(tls)?.connect().await?;
+    let client = pb::exchange_client::ExchangeClient::new(channel);
+
+    let cases = cases("WIRE");
+    let expected = Mutex::new((0u64, Vec::new()));
+    let counts = Mutex::new((0u64, 0u64));
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        fuzz("mutated batches over mutual TLS", cases, plan(), |plan| {
+            handle.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                request.metadata_mut().insert("ldx-channel-to", RECEIVER.parse().unwrap());
+                let mut responses = within("Sync to open", client.clone().sync(request))
+                    .await?
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .into_inner();
+                let hello = match within("the Hello", responses.message())
+                    .await?
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .and_then(|r| r.kind)
+                {
+                    Some(pb::sync_response::Kind::Hello(hello)) => hello,
+                    other => return Err(TestCaseError::fail(format!("expected Hello, got {other:?}"))),
+                };
+                let state = expected.lock().unwrap().clone();
+                prop_assert_eq!(
+                    (hello.last_applied_seq, &hello.last_hash),
+                    (state.0, &state.1),
+                    "the channel moved unseen"
+                );
+                let Built { batch, changed } = build(&plan, hello.last_applied_seq, &hello.last_hash, &salt, &keys);
+                let accept = verify(batch.clone(), &keys.sender.public())
+                    .is_ok_and(|envelopes| continues(hello.last_applied_seq, &hello.last_hash, &envelopes));
+                let count = batch.envelopes.len() as u64;
+                let last = envelope_hash(batch.envelopes.last().unwrap()).to_vec();
+                tx.send(pb::SyncRequest { kind: Some(pb::sync_request::Kind::Batch(batch)) }).await.unwrap();
+                let answer = within("the answer to a batch", responses.message()).await?;
+                match answer {
+                    Ok(Some(pb::SyncResponse { kind: Some(pb::sync_response::Kind::Ack(ack)) })) => {
+                        counts.lock().unwrap().0 += 1;
+                        prop_assert!(accept, "the node applied a batch it must refuse");
+                        prop_assert_eq!(ack.applied_seq, hello.last_applied_seq + count);
+                        *expected.lock().unwrap() = (ack.applied_seq, last);
+                    }
+                    Err(status) => {
+                        counts.lock().unwrap().1 += 1;
+                        prop_assert!(!accept, "the node refused a good batch: {:?}", status);
+                        prop_assert!(changed || !matches!(plan.signer, Signer::Honest | Signer::Original));
+                        prop_assert_ne!(status.code(), tonic::Code::Internal, "{:?}", status);
+                    }
+                    other => return Err(TestCaseError::fail(format!("expected Ack or an error, got {other:?}"))),
+                }
+                Ok(())
+            })
+        });
+    });
+    let (applied, refused) = *counts.lock().unwrap();
+    eprintln!("fuzz over the wire: {applied} batches applied, {refused} refused, the node serving throughout");
+    assert!(applied > 0 && refused > 0, "one side only: {applied} applied, {refused} refused");
+    let status = cluster.node(RECEIVER).status().await?;
+    let inbound = status.inbound.iter().find(|c| c.peer == SENDER).expect("the channel");
+    let expected = expected.lock().unwrap().0;
+    assert_eq!(inbound.applied_seq, expected, "Monitor.Status disagrees with the acks");
+    Ok(())
 }
