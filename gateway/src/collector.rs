@@ -1,7 +1,8 @@
 //! The gateway's view of replication: every node in the directory is asked for its
 //! `Monitor.Status` over mutual TLS on an interval. A node that does not answer is marked
 //! unreachable; the lag of a channel is the sender's head against the sequence number the
-//! receiver itself reports as applied.
+//! receiver itself reports as applied, taken from the receiver's signed watermarks once
+//! they verify against its key in the directory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,10 +10,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ldx_node::grpc::monitor::verify_watermarks;
+use ldx_proto::identity::PublicKey;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::monitor_client::MonitorClient;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::history::{ChannelSample, History, NodeSample, Round};
 use crate::pki::{self, PkiError};
@@ -31,6 +34,45 @@ pub struct NodeReport {
     pub last_error: String,
     /// The last status the node gave.
     pub status: Option<pb::StatusResponse>,
+    /// What became of the watermarks signed in that status.
+    pub watermarks: Watermarks,
+}
+
+/// The gateway's verdict on a node's signed watermarks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Watermarks {
+    /// The status carried none (a node without a signing key, or one that predates them);
+    /// its unsigned inbound figures stand in, shown as unverified.
+    #[default]
+    Unsigned,
+    /// Signed by the node's key in the directory: the lag into this node rests on these.
+    Verified(pb::Watermarks),
+    /// Present but refused, for this reason: nothing this node says it applied is used.
+    Invalid(String),
+}
+
+impl Watermarks {
+    /// Checks the watermarks of `status` against `key`, the directory's signing key of
+    /// `division`.
+    pub fn check(division: &str, status: &pb::StatusResponse, key: Option<&PublicKey>) -> Self {
+        match (&status.watermarks, key) {
+            (None, _) => Self::Unsigned,
+            (Some(_), None) => Self::Invalid(format!("the directory has no signing key of {division}")),
+            (Some(signed), Some(key)) => match verify_watermarks(signed, division, key) {
+                Ok(watermarks) => Self::Verified(watermarks),
+                Err(e) => Self::Invalid(e.to_string()),
+            },
+        }
+    }
+
+    /// `verified`, `unsigned` or `invalid`, as the dashboard and logs name them.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::Verified(_) => "verified",
+            Self::Invalid(_) => "invalid",
+        }
+    }
 }
 
 /// The collector's latest reports, shared by the `/metrics` and dashboard handlers, and the
@@ -61,14 +103,9 @@ impl Collector {
         history: Option<Arc<History>>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PkiError> {
-        let (cert, key) = pki::gateway_identity(pki_dir)?;
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| PkiError::Read { path: path.display().to_string(), source })
-        };
-        let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
-        let identity = Identity::from_pem(read(&cert)?, read(&key)?);
+        let tls = GatewayTls::load(pki_dir)?;
         let collector = Self { reports: Arc::default(), history, every };
-        tokio::spawn(collector.clone().run(service, ca, identity, every, stop));
+        tokio::spawn(collector.clone().run(service, tls, every, stop));
         Ok(collector)
     }
 
@@ -105,14 +142,7 @@ impl Collector {
         }
     }
 
-    async fn run(
-        self,
-        service: DirectoryService,
-        ca: Certificate,
-        identity: Identity,
-        every: Duration,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run(self, service: DirectoryService, tls: GatewayTls, every: Duration, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -123,14 +153,16 @@ impl Collector {
             let Some(directory) = service.current() else { continue };
             let mut asks = tokio::task::JoinSet::new();
             for entry in directory.entries() {
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(ca.clone())
-                    .identity(identity.clone())
-                    .domain_name(ldx_proto::identity::division_dns_name(&entry.division));
+                let tls = tls.for_node(&entry.division);
                 let (division, endpoint) = (entry.division.clone(), entry.endpoint.clone());
+                let key = directory.signing_key(&entry.division);
                 asks.spawn(async move {
                     let answer = tokio::time::timeout(ASK_TIMEOUT, ask(&endpoint, tls)).await;
                     let answer = answer.unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")));
+                    let answer = answer.map(|status| {
+                        let watermarks = Watermarks::check(&division, &status, key.as_ref());
+                        (status, watermarks)
+                    });
                     (division, endpoint, answer)
                 });
             }
@@ -140,11 +172,17 @@ impl Collector {
                 let report = reports.entry(division.clone()).or_default();
                 report.endpoint = endpoint;
                 match answer {
-                    Ok(status) => {
+                    Ok((status, watermarks)) => {
+                        if let Watermarks::Invalid(reason) = &watermarks
+                            && report.watermarks != watermarks
+                        {
+                            tracing::warn!(node = %division, reason = %reason, "watermarks refused");
+                        }
                         report.reachable = true;
                         report.last_contact_ms = now_ms();
                         report.last_error.clear();
                         report.status = Some(status);
+                        report.watermarks = watermarks;
                     }
                     Err(error) => {
                         if report.reachable || report.last_error != error {
@@ -162,15 +200,49 @@ impl Collector {
     }
 }
 
-async fn ask(endpoint: &str, tls: ClientTlsConfig) -> Result<pb::StatusResponse, String> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+/// The gateway's side of mutual TLS towards nodes: the federation CA and the gateway's
+/// client certificate (issued on first use).
+#[derive(Debug, Clone)]
+pub struct GatewayTls {
+    ca: Certificate,
+    identity: Identity,
+}
+
+impl GatewayTls {
+    pub fn load(pki_dir: &Path) -> Result<Self, PkiError> {
+        let (cert, key) = pki::gateway_identity(pki_dir)?;
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| PkiError::Read { path: path.display().to_string(), source })
+        };
+        let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
+        let identity = Identity::from_pem(read(&cert)?, read(&key)?);
+        Ok(Self { ca, identity })
+    }
+
+    /// The client config for node `division`: its certificate must name that division.
+    pub fn for_node(&self, division: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(ldx_proto::identity::division_dns_name(division))
+    }
+}
+
+/// A mutual-TLS channel to a node's peer API, or why there is none, in words fit for an
+/// operator (the gateway shows them per node).
+pub async fn connect_node(endpoint: &str, tls: ClientTlsConfig) -> Result<Channel, String> {
+    Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
         .tls_config(tls)
         .map_err(|e| format!("TLS: {e}"))?
         .connect_timeout(ASK_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
+}
+
+async fn ask(endpoint: &str, tls: ClientTlsConfig) -> Result<pb::StatusResponse, String> {
+    let channel = connect_node(endpoint, tls).await?;
     let status = MonitorClient::new(channel)
         .status(pb::StatusRequest {})
         .await
@@ -192,6 +264,16 @@ pub fn render(reports: &BTreeMap<String, NodeReport>) -> String {
     let contact: Vec<_> =
         reports.iter().map(|(d, r)| (format!("node=\"{d}\""), r.last_contact_ms as f64 / 1000.0)).collect();
     family("ldx_node_last_contact_timestamp_seconds", "gauge", "When the node last answered (0: never).", &contact);
+    let verified: Vec<_> = reports
+        .iter()
+        .map(|(d, r)| (format!("node=\"{d}\""), f64::from(u8::from(matches!(r.watermarks, Watermarks::Verified(_))))))
+        .collect();
+    family(
+        "ldx_node_watermarks_verified",
+        "gauge",
+        "1 when the node's last watermarks verified against its signing key in the directory.",
+        &verified,
+    );
 
     let channels = channels(reports);
     let labels = |c: &ChannelView| format!("node=\"{}\",peer=\"{}\"", c.from, c.to);
@@ -227,8 +309,10 @@ pub struct ChannelView {
     pub head_seq: u64,
     pub acked_seq: u64,
     /// The seq the receiver last reported as applied; `None` while the gateway has no
-    /// report from it.
+    /// report from it it can use.
     pub applied_seq: Option<u64>,
+    /// Whether `applied_seq` comes from watermarks the receiver signed.
+    pub applied_verified: bool,
     pub pending: u64,
     /// Age of the sender's oldest unacknowledged envelope (0 when none).
     pub oldest_pending_ms: i64,
@@ -249,11 +333,20 @@ impl ChannelView {
 /// figures come from each side's last report, so a receiver that stopped answering shows
 /// the lag growing as its senders' heads move on.
 pub fn channels(reports: &BTreeMap<String, NodeReport>) -> Vec<ChannelView> {
-    // Applied seq per (sender, receiver) as each receiver reports it.
-    let mut applied: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    // Applied seq per (sender, receiver) as each receiver reports it, and whether signed.
+    let mut applied: BTreeMap<(&str, &str), (u64, bool)> = BTreeMap::new();
     for (division, report) in reports {
-        for c in report.status.iter().flat_map(|s| &s.inbound) {
-            *applied.entry((c.peer.as_str(), division.as_str())).or_default() += c.applied_seq;
+        let (figures, verified): (Vec<(&str, u64)>, bool) = match &report.watermarks {
+            Watermarks::Verified(w) => (w.channels.iter().map(|c| (c.peer.as_str(), c.applied_seq)).collect(), true),
+            Watermarks::Unsigned => {
+                let inbound = report.status.iter().flat_map(|s| &s.inbound);
+                (inbound.map(|c| (c.peer.as_str(), c.applied_seq)).collect(), false)
+            }
+            Watermarks::Invalid(_) => (Vec::new(), false),
+        };
+        for (peer, seq) in figures {
+            let entry = applied.entry((peer, division.as_str())).or_insert((0, verified));
+            entry.0 += seq;
         }
     }
     let mut views = Vec::new();
@@ -264,7 +357,8 @@ pub fn channels(reports: &BTreeMap<String, NodeReport>) -> Vec<ChannelView> {
                 to: c.peer.clone(),
                 head_seq: c.head_seq,
                 acked_seq: c.acked_seq,
-                applied_seq: applied.get(&(division.as_str(), c.peer.as_str())).copied(),
+                applied_seq: applied.get(&(division.as_str(), c.peer.as_str())).map(|a| a.0),
+                applied_verified: applied.get(&(division.as_str(), c.peer.as_str())).is_some_and(|a| a.1),
                 pending: c.pending,
                 oldest_pending_ms: c.oldest_pending_age_ms,
                 last_contact_ms: c.last_contact_ms,
@@ -300,9 +394,9 @@ pub fn round_of(at_ms: i64, reports: &BTreeMap<String, NodeReport>) -> Round {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lag_compares_the_senders_head_with_the_receivers_applied_seq() {
-        let sender = pb::StatusResponse {
+    /// 410103007's status: head 10 towards 411421, 4 of them acknowledged.
+    fn sender_status() -> pb::StatusResponse {
+        pb::StatusResponse {
             outbound: vec![pb::OutboundChannel {
                 peer: "411421".into(),
                 head_seq: 10,
@@ -311,7 +405,12 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn lag_compares_the_senders_head_with_the_receivers_applied_seq() {
+        let sender = sender_status();
         let receiver = pb::StatusResponse {
             inbound: vec![pb::InboundChannel {
                 peer: "410103007".into(),
@@ -330,5 +429,63 @@ mod tests {
         assert!(text.contains("ldx_channel_pending{node=\"410103007\",peer=\"411421\"} 6\n"));
         assert!(text.contains("ldx_node_up{node=\"411421\"} 0\n"));
         assert!(text.contains("ldx_node_up{node=\"410103007\"} 1\n"));
+    }
+
+    #[test]
+    fn lag_rests_on_verified_watermarks_and_never_on_refused_ones() {
+        use ldx_node::grpc::monitor::sign_watermarks;
+        use ldx_proto::identity::SignKey;
+
+        let key = SignKey::generate();
+        let signed_inbound = vec![pb::InboundChannel {
+            peer: "410103007".into(),
+            to: "411421".into(),
+            applied_seq: 7,
+            ..Default::default()
+        }];
+        // The unsigned figures claim more than the node signed: the signed ones count.
+        let mut claimed = signed_inbound.clone();
+        claimed[0].applied_seq = 9;
+        let receiver = pb::StatusResponse {
+            division: "411421".into(),
+            inbound: claimed,
+            watermarks: Some(sign_watermarks("411421", 1, &signed_inbound, &key)),
+            ..Default::default()
+        };
+        let sender = sender_status();
+        let reports = |watermarks: Watermarks| {
+            BTreeMap::from([
+                (
+                    "410103007".to_owned(),
+                    NodeReport { reachable: true, status: Some(sender.clone()), ..Default::default() },
+                ),
+                (
+                    "411421".to_owned(),
+                    NodeReport { reachable: true, status: Some(receiver.clone()), watermarks, ..Default::default() },
+                ),
+            ])
+        };
+
+        let verified = Watermarks::check("411421", &receiver, Some(&key.public()));
+        assert_eq!(verified.label(), "verified");
+        let channel = channels(&reports(verified.clone())).remove(0);
+        assert_eq!((channel.applied_seq, channel.applied_verified, channel.lag_messages()), (Some(7), true, 3));
+        let text = render(&reports(verified));
+        assert!(text.contains("ldx_node_watermarks_verified{node=\"411421\"} 1\n"), "{text}");
+        assert!(text.contains("ldx_channel_lag_messages{from=\"410103007\",to=\"411421\"} 3\n"), "{text}");
+
+        let forged = Watermarks::check("411421", &receiver, Some(&SignKey::generate().public()));
+        assert!(matches!(&forged, Watermarks::Invalid(reason) if reason.contains("does not verify")), "{forged:?}");
+        let channel = channels(&reports(forged.clone())).remove(0);
+        assert_eq!((channel.applied_seq, channel.lag_messages()), (None, 6), "the sender's acked seq stands in");
+        assert!(render(&reports(forged)).contains("ldx_node_watermarks_verified{node=\"411421\"} 0\n"));
+
+        let impostor = Watermarks::check("411723", &receiver, Some(&key.public()));
+        assert!(matches!(&impostor, Watermarks::Invalid(reason) if reason.contains("411723")), "{impostor:?}");
+        assert_eq!(Watermarks::check("411421", &receiver, None).label(), "invalid");
+        let unsigned = pb::StatusResponse { watermarks: None, ..receiver.clone() };
+        assert_eq!(Watermarks::check("411421", &unsigned, Some(&key.public())), Watermarks::Unsigned);
+        let channel = channels(&reports(Watermarks::Unsigned)).remove(0);
+        assert_eq!((channel.applied_seq, channel.applied_verified), (Some(9), false), "unsigned figures, marked so");
     }
 }

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::collector::{self, ChannelView, Collector, NodeReport};
+use crate::collector::{self, ChannelView, Collector, NodeReport, Watermarks};
 use crate::history::Round;
 
 /// The page; `INITIAL_MARKER` is replaced by the first status and history, so the page
@@ -142,7 +142,7 @@ fn node_json(out: &mut String, division: &str, report: &NodeReport) {
     let _ = write!(
         out,
         "{{\"division\":{},\"name\":{},\"endpoint\":{},\"reachable\":{},\"last_contact_ms\":{},\"last_error\":{},\
-         \"directory_version\":{},\"outbound\":{},\"inbound\":{}}}",
+         \"directory_version\":{},\"outbound\":{},\"inbound\":{},\"watermarks\":{},\"watermarks_error\":{}}}",
         quote(division),
         quote(division_name(division)),
         quote(&report.endpoint),
@@ -152,6 +152,11 @@ fn node_json(out: &mut String, division: &str, report: &NodeReport) {
         status.map_or(0, |s| s.directory_version),
         status.map_or(0, |s| s.outbound.len()),
         status.map_or(0, |s| s.inbound.len()),
+        quote(report.watermarks.label()),
+        quote(&match &report.watermarks {
+            Watermarks::Invalid(reason) => truncated(reason),
+            _ => String::new(),
+        }),
     );
 }
 
@@ -159,7 +164,7 @@ fn channel_json(out: &mut String, c: &ChannelView) {
     let _ = write!(
         out,
         "{{\"from\":{},\"from_name\":{},\"to\":{},\"to_name\":{},\"head_seq\":{},\"acked_seq\":{},\"applied_seq\":{},\
-         \"lag_messages\":{},\"lag_ms\":{},\"pending\":{},\"last_contact_ms\":{},\"last_error\":{}}}",
+         \"applied_verified\":{},\"lag_messages\":{},\"lag_ms\":{},\"pending\":{},\"last_contact_ms\":{},\"last_error\":{}}}",
         quote(&c.from),
         quote(division_name(&c.from)),
         quote(&c.to),
@@ -167,6 +172,7 @@ fn channel_json(out: &mut String, c: &ChannelView) {
         c.head_seq,
         c.acked_seq,
         c.applied_seq.map_or_else(|| "null".to_owned(), |s| s.to_string()),
+        c.applied_verified,
         c.lag_messages(),
         c.oldest_pending_ms,
         c.pending,

@@ -92,6 +92,14 @@ impl Page {
         self.elements_with("data-node").into_iter().map(|a| (a["data-node"].clone(), a["data-state"].clone())).collect()
     }
 
+    /// Node rows by division: what the gateway made of their signed watermarks.
+    fn watermarks(&self) -> BTreeMap<String, String> {
+        self.elements_with("data-node")
+            .into_iter()
+            .map(|a| (a["data-node"].clone(), a.get("data-watermarks").cloned().unwrap_or_default()))
+            .collect()
+    }
+
     /// Lag in messages of every channel into `to`, by sender.
     fn lag_into(&self, to: &str) -> BTreeMap<String, u64> {
         self.elements_with("data-to")
@@ -208,10 +216,15 @@ async fn the_dashboard_shows_an_origin_going_down_and_catching_up() {
     )
     .await;
     assert_eq!(page.node_states().len(), divisions.len(), "no row for a node outside the demo");
+    let watermarks = page.watermarks();
+    assert!(
+        watermarks.values().all(|w| w == "verified" || w == "unsigned"),
+        "no node's signed watermarks are refused: {watermarks:?}"
+    );
     assert!(page.dom.contains("节点 <span class=\"en\">Nodes</span>"), "labels in Chinese with English");
     assert!(page.body().get("data-state").is_some_and(|s| s == "ready"), "{:?}", page.body());
     eprintln!(
-        "all {} nodes up, chart {} points, within {waited:.1?}; lag into {STOPPED}: {:?}",
+        "all {} nodes up, chart {} points, within {waited:.1?}; watermarks {watermarks:?}; lag into {STOPPED}: {:?}",
         divisions.len(),
         page.chart_points("lag-chart"),
         page.lag_into(STOPPED)
