@@ -200,11 +200,13 @@ pub async fn run_with_peer(
     Ok(())
 }
 
-/// The scheduled job of quarterly reports: at start, then every `every`, until stopped.
+/// The scheduled job of quarterly reports, and of the assessment statements of a closed
+/// quarter: at start, then every `every`, until stopped.
 async fn issue_reports_every(registry: Arc<Registry>, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         let job = registry.clone();
-        match tokio::task::spawn_blocking(move || job.issue_due_reports()).await {
+        match tokio::task::spawn_blocking(move || job.issue_due_reports().and_then(|_| job.send_due_statements())).await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "scheduled report job failed; retrying at the next run"),
             Err(e) => tracing::warn!(error = %e, "scheduled report job panicked"),

@@ -197,6 +197,13 @@ async fn the_gateway_gathers_signed_statements_of_running_nodes() -> anyhow::Res
         assess_csv(c, &period).is_ok_and(|csv| notice_row(&csv).contains(",13,13,0,13,13,0,false,"))
     })
     .await?;
+    // Staff at the street office see the same figures from their own node.
+    let out = cluster.node(STREET).cli(&["assessment", "--period", &period, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mine: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let notice = mine["indicators"].as_array().unwrap().iter().find(|i| i["indicator"] == "notice_timeliness").unwrap();
+    assert_eq!((notice["counterpart"].as_str(), notice["total"].as_u64()), (Some(COUNTY), Some(13)), "{mine}");
+    assert_eq!(notice["on_time"], 13);
     let text = Command::new(GATEWAY).args(["assess", "--period", &period, "--pki"]).arg(cluster.pki_dir()).output()?;
     let text = String::from_utf8(text.stdout)?;
     assert!(text.contains("双向考核") && !text.contains("DISAGREE"), "{text}");

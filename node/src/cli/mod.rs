@@ -71,6 +71,15 @@ pub enum Command {
         #[command(subcommand)]
         command: reports::WorkCommand,
     },
+    /// The two-way assessment (双向考核) as this node measures it, per counterpart, beside
+    /// the counterpart's own figures once it sent them.
+    Assessment {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Quarter, e.g. 2026Q1 (default: the current quarter).
+        #[arg(long)]
+        period: Option<String>,
+    },
     /// Replication status: every channel's head, acked and pending envelopes, and errors.
     Status {
         #[command(flatten)]
@@ -328,6 +337,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Person { client, command } => client::person(&client, command).await,
         Command::Report { client, command } => reports::report(&client, command).await,
         Command::Work { client, command } => reports::work(&client, command).await,
+        Command::Assessment { client, period } => reports::assessment(&client, period).await,
         Command::Service { client, command } => client::service(&client, command).await,
         Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,

@@ -60,6 +60,52 @@ pub enum WorkCommand {
     },
 }
 
+/// `ldx-node assessment`: this node's figures of the two-way assessment per counterpart,
+/// beside the counterpart's own figures when it has sent them (after the quarter closed).
+pub async fn assessment(args: &ClientArgs, period: Option<String>) -> anyhow::Result<()> {
+    use crate::clock::Clock as _;
+    let period = period.unwrap_or_else(|| crate::domain::Period::of(crate::clock::SystemClock.today()).to_string());
+    let (channel, _) = super::client::connect_channel(args).await?;
+    let mut client = ldx_proto::v1::assessment_client::AssessmentClient::new(channel);
+    let resp = client.statements(pb::StatementsRequest { period: period.clone() }).await.map_err(status)?.into_inner();
+    let figure = |i: &pb::Indicator| {
+        let decided = i.total - i.pending;
+        let pending = if i.pending > 0 { format!(" +{} pending", i.pending) } else { String::new() };
+        format!("{}/{decided}{pending}", i.on_time)
+    };
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut out = Vec::new();
+    for mine in &resp.statements {
+        let theirs = resp.received.iter().find(|r| r.node == mine.counterpart);
+        for i in &mine.indicators {
+            let other = theirs.and_then(|t| t.indicators.iter().find(|o| o.name == i.name));
+            let differs = other.is_some_and(|o| (o.total, o.on_time, o.pending) != (i.total, i.on_time, i.pending));
+            rows.push([
+                mine.counterpart.clone(),
+                i.name.clone(),
+                i.assessed.clone(),
+                figure(i),
+                other.map_or_else(|| "-".to_owned(), figure),
+                if differs { "DIFFERS".into() } else { String::new() },
+            ]);
+            out.push(json!({
+                "counterpart": mine.counterpart, "indicator": i.name, "assessed": i.assessed,
+                "total": i.total, "on_time": i.on_time, "pending": i.pending, "missed": i.missed,
+                "theirs": other.map(|o| json!({ "total": o.total, "on_time": o.on_time, "pending": o.pending })),
+            }));
+        }
+    }
+    if args.json {
+        println!("{}", json!({ "period": period, "indicators": out }));
+        return Ok(());
+    }
+    println!(
+        "two-way assessment 双向考核 {period}: on time / decided, as this node measured and as the counterpart did"
+    );
+    print!("{}", table(&["COUNTERPART", "INDICATOR", "ASSESSED", "MINE", "THEIRS", ""], &rows));
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ReportStatusArg {
     Issued,

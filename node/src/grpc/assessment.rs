@@ -34,13 +34,13 @@ impl assessment_server::Assessment for AssessmentService {
     ) -> Result<Response<pb::StatementsResponse>, Status> {
         let raw = request.into_inner().period;
         let registry = self.registry.clone();
-        let statements = tokio::task::spawn_blocking(move || {
+        let (statements, received) = tokio::task::spawn_blocking(move || {
             let period = Period::parse("period", &raw).map_err(RegistryError::from)?;
-            registry.assessment(period)
+            Ok::<_, RegistryError>((registry.assessment(period)?, registry.received_statements(period)?))
         })
         .await
         .map_err(status::from_join)?
         .map_err(status::from_registry)?;
-        Ok(Response::new(pb::StatementsResponse { statements }))
+        Ok(Response::new(pb::StatementsResponse { statements, received }))
     }
 }

@@ -176,20 +176,20 @@ impl Registry {
     }
 
     fn apply_one(&self, writer: &Writer, txn: &mut Txn<'_>, from: &str, envelope: &pb::Envelope) -> Result<(), Fail> {
-        let Ok(key) = <[u8; 32]>::try_from(envelope.person_key.as_slice()).map(PersonKey) else {
-            return refuse("person_key must be 32 bytes");
-        };
-        match &envelope.body {
-            None => refuse("message kind is unknown to this node (sent by a newer version?)"),
-            Some(Body::MoveInNotice(n)) => self.on_move_in_notice(writer, txn, from, &key, n),
-            Some(Body::MoveInFeedback(f)) => self.on_move_in_feedback(txn, from, &key, f),
-            Some(Body::MoveOutNotice(n)) => self.on_move_out_notice(txn, from, &key, n),
-            Some(Body::TransferRequest(r)) => self.on_transfer_request(writer, txn, from, &key, r),
-            Some(Body::TransferAccept(a)) => self.on_transfer_accept(txn, from, &key, a),
-            Some(Body::CertificateQuery(q)) => self.on_certificate_query(writer, txn, from, &key, q),
-            Some(Body::CertificateAnswer(a)) => self.on_certificate_answer(txn, from, &key, a),
-            Some(Body::ServiceReport(r)) => self.on_service_report(writer, txn, from, &key, r),
-            Some(Body::ReportVerdict(v)) => self.on_report_verdict(txn, from, &key, v),
+        let key = <[u8; 32]>::try_from(envelope.person_key.as_slice()).map(PersonKey);
+        match (&envelope.body, key) {
+            (Some(Body::AssessmentStatement(s)), _) => self.on_assessment_statement(txn, from, s),
+            (_, Err(_)) => refuse("person_key must be 32 bytes"),
+            (None, Ok(_)) => refuse("message kind is unknown to this node (sent by a newer version?)"),
+            (Some(Body::MoveInNotice(n)), Ok(key)) => self.on_move_in_notice(writer, txn, from, &key, n),
+            (Some(Body::MoveInFeedback(f)), Ok(key)) => self.on_move_in_feedback(txn, from, &key, f),
+            (Some(Body::MoveOutNotice(n)), Ok(key)) => self.on_move_out_notice(txn, from, &key, n),
+            (Some(Body::TransferRequest(r)), Ok(key)) => self.on_transfer_request(writer, txn, from, &key, r),
+            (Some(Body::TransferAccept(a)), Ok(key)) => self.on_transfer_accept(txn, from, &key, a),
+            (Some(Body::CertificateQuery(q)), Ok(key)) => self.on_certificate_query(writer, txn, from, &key, q),
+            (Some(Body::CertificateAnswer(a)), Ok(key)) => self.on_certificate_answer(txn, from, &key, a),
+            (Some(Body::ServiceReport(r)), Ok(key)) => self.on_service_report(writer, txn, from, &key, r),
+            (Some(Body::ReportVerdict(v)), Ok(key)) => self.on_report_verdict(txn, from, &key, v),
         }
     }
 

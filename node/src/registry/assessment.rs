@@ -9,15 +9,21 @@
 //! notice arrive (applied, against the time the sender created it); the destination sees
 //! it arrive when the origin's feedback, sent on arrival, comes back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate};
 use ldx_proto::v1 as pb;
+use ldx_proto::v1::envelope::Body;
+use prost::Message;
 
+use super::apply::{Fail, refuse};
 use super::flows::add_days;
+use super::sync::Txn;
 use super::{Registry, RegistryError};
 use crate::clock::{cst, from_day_number};
 use crate::domain::Period;
+use crate::storage::StorageError;
+use crate::storage::keys::StatementKey;
 
 /// Days a notice may take to reach the origin, and feedback to come back (DESIGN.md).
 pub const NOTICE_DAYS: i64 = 7;
@@ -250,5 +256,84 @@ impl Registry {
             out.push(statement);
         }
         Ok(out)
+    }
+
+    /// Sends this node's statements of `period` to each counterpart, once per quarter
+    /// and counterpart, in one batch with the record that they were sent. Returns how
+    /// many it sent.
+    pub fn send_statements(&self, period: Period) -> Result<usize, RegistryError> {
+        if !self.is_syncing() {
+            return Ok(0);
+        }
+        let statements = self.assessment(period)?;
+        let mut writer = self.lock();
+        let sent: HashSet<String> =
+            self.store.statements(false, period.index())?.into_iter().map(|(counterpart, _)| counterpart).collect();
+        let mut txn = Txn::new(self.store.batch());
+        let mut count = 0;
+        for statement in statements.into_iter().filter(|s| !sent.contains(&s.counterpart)) {
+            let Some(peer) = self.peer_for(&statement.counterpart) else { continue };
+            let key =
+                StatementKey { received: false, period: period.index(), counterpart: statement.counterpart.clone() };
+            txn.batch.put_statement(&key, &statement.encode_to_vec());
+            self.enqueue_keyed(&writer, &mut txn, &peer, Vec::new(), Body::AssessmentStatement(statement));
+            count += 1;
+        }
+        if count > 0 {
+            self.commit_txn(&mut writer, txn)?;
+            tracing::info!(%period, count, "assessment statements sent to the counterparts");
+        }
+        Ok(count)
+    }
+
+    /// The scheduled part: once a quarter is closed (its reports and verdicts all due),
+    /// its statements go to the counterparts.
+    pub fn send_due_statements(&self) -> Result<usize, RegistryError> {
+        let deadlines = self.deadlines();
+        let previous = Period::of(self.clock.today()).previous();
+        let closed = add_days(add_days(previous.last_day(), deadlines.report_days), deadlines.verdict_days);
+        if self.clock.today() <= closed {
+            return Ok(0);
+        }
+        self.send_statements(previous)
+    }
+
+    /// Statements counterparts sent about this node for `period`.
+    pub fn received_statements(&self, period: Period) -> Result<Vec<pb::AssessmentStatement>, RegistryError> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.statements(true, period.index())? {
+            out.push(
+                pb::AssessmentStatement::decode(bytes.as_slice())
+                    .map_err(|e| StorageError::Corrupt { what: "assessment statement", detail: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// A counterpart's statement about this node: kept, the latest per quarter, once its
+    /// signature verifies.
+    pub(super) fn on_assessment_statement(
+        &self,
+        txn: &mut Txn<'_>,
+        from: &str,
+        s: &pb::AssessmentStatement,
+    ) -> Result<(), Fail> {
+        let period = Period::parse("period", &s.period)?;
+        if s.node != from || s.counterpart != self.division.as_str() {
+            return refuse(format!(
+                "a statement by {} about {} does not belong on this channel",
+                s.node, s.counterpart
+            ));
+        }
+        let Some(key) = self.reports.as_ref().and_then(|h| (h.keys)(from)) else {
+            return refuse(format!("the directory lists no signing key for {from}"));
+        };
+        if ldx_proto::report::verify_statement(s, &key).is_err() {
+            return refuse(format!("the statement's signature is not {from}'s"));
+        }
+        let key = StatementKey { received: true, period: period.index(), counterpart: from.to_owned() };
+        txn.batch.put_statement(&key, &s.encode_to_vec());
+        txn.audit("apply_assessment_statement", None);
+        Ok(())
     }
 }

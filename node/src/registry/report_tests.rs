@@ -483,6 +483,21 @@ fn a_planted_delay_lowers_notice_timeliness_on_both_sides_and_a_lost_notice_show
     assert_eq!(measured(&f, ORIGIN, R1, FEEDBACK_TIMELINESS), (4, 4));
     assert_eq!(measured(&f, R1, ORIGIN, FEEDBACK_TIMELINESS), (4, 3));
 
+    // The quarter closes 25 days after its end (reports, then verdicts): then each side
+    // sends its statement to the other, once.
+    assert_eq!(f.at(R1).send_due_statements().unwrap(), 0, "Q1 is not closed on 5 April");
+    f.set_today("2026-04-26");
+    assert_eq!(f.at(R1).send_due_statements().unwrap(), 1);
+    assert_eq!(f.at(ORIGIN).send_due_statements().unwrap(), 1);
+    assert_eq!(f.at(R1).send_due_statements().unwrap(), 0, "sent once");
+    f.deliver(ORIGIN, R1);
+    let period = crate::domain::Period::parse("period", "2026Q1").unwrap();
+    let theirs = f.at(R1).received_statements(period).unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!((theirs[0].node.as_str(), theirs[0].counterpart.as_str()), (ORIGIN, R1));
+    let notice = theirs[0].indicators.iter().find(|i| i.name == NOTICE_TIMELINESS).unwrap();
+    assert_eq!((notice.total, notice.on_time), (4, 3), "the origin's figures, as it measured them");
+
     // Once the held notice is delivered the counts agree again, still late.
     f.deliver(R1, ORIGIN);
     f.deliver(ORIGIN, R1);

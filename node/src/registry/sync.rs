@@ -69,6 +69,7 @@ pub fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::CertificateAnswer(_)) => "certificate_answer",
         Some(Body::ServiceReport(_)) => "service_report",
         Some(Body::ReportVerdict(_)) => "report_verdict",
+        Some(Body::AssessmentStatement(_)) => "assessment_statement",
         None => "unknown",
     }
 }
@@ -155,6 +156,19 @@ impl Registry {
 
     /// Appends an envelope about `person` to the channel to `peer`, within `txn`.
     pub(super) fn enqueue(&self, writer: &Writer, txn: &mut Txn<'_>, peer: &str, person: &PersonKey, body: Body) {
+        self.enqueue_keyed(writer, txn, peer, person.0.to_vec(), body);
+    }
+
+    /// Like [`enqueue`](Self::enqueue), with the envelope's `person_key` as given (empty for
+    /// a message about no person).
+    pub(super) fn enqueue_keyed(
+        &self,
+        writer: &Writer,
+        txn: &mut Txn<'_>,
+        peer: &str,
+        person_key: Vec<u8>,
+        body: Body,
+    ) {
         let mut state = txn.out.get(peer).or_else(|| writer.out.get(peer)).cloned().unwrap_or_default();
         let now = self.clock.now().timestamp_millis();
         let kind = body_kind(Some(&body));
@@ -164,7 +178,7 @@ impl Registry {
             seq: state.head_seq + 1,
             prev_hash: state.head_hash.clone(),
             created_at_ms: now,
-            person_key: person.0.to_vec(),
+            person_key: person_key.clone(),
             body: Some(body),
         };
         let bytes = zeroize::Zeroizing::new(envelope.encode_to_vec());
@@ -179,7 +193,7 @@ impl Registry {
             to: peer.to_owned(),
             seq: envelope.seq,
             kind: kind.to_owned(),
-            person_key: person.0.to_vec(),
+            person_key,
             at_ms: now,
             reason: String::new(),
             sent_at_ms: now,

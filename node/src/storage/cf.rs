@@ -12,9 +12,11 @@ pub const LOG: &str = "log";
 pub const DUE: &str = "due";
 /// Service reports issued here, or received here for verification, per person and quarter.
 pub const REPORTS: &str = "reports";
+/// Assessment statements sent to and received from counterparts, per quarter.
+pub const STATEMENTS: &str = "statements";
 /// Every read or write of personal data, hash-chained.
 pub const AUDIT: &str = "audit";
 /// Schema version, audit chain head, directory cache.
 pub const META: &str = "meta";
 
-pub const ALL: [&str; 8] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, AUDIT, META];
+pub const ALL: [&str; 9] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, STATEMENTS, AUDIT, META];

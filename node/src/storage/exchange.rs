@@ -4,7 +4,7 @@
 
 use rocksdb::{Direction, IteratorMode};
 
-use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey, ReportKey};
+use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey, ReportKey, StatementKey};
 use super::records::{DueItem, InChannel, LogRecord, OutChannel, OutboxEntry, ReportRecord};
 use super::{Batch, StorageError, Store, cf, codec};
 
@@ -151,7 +151,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Statements of one quarter, sent (`received == false`) or received, by counterpart.
+    pub fn statements(&self, received: bool, period: u32) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let prefix = StatementKey::period_prefix(received, period);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::STATEMENTS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((StatementKey::decode(&k).map_err(corrupt("statement key"))?.counterpart, v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 impl Batch<'_> {
+    /// `statement` is the encoded, signed `ldx.v1.AssessmentStatement`.
+    pub fn put_statement(&mut self, key: &StatementKey, statement: &[u8]) {
+        self.inner.put_cf(self.store.cf(cf::STATEMENTS), key.encode(), statement);
+    }
+
     pub fn put_report(&mut self, key: &ReportKey, record: &ReportRecord) {
         self.inner.put_cf(self.store.cf(cf::REPORTS), key.encode(), codec::encode(record));
     }

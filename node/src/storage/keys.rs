@@ -32,6 +32,10 @@ mod kind {
     pub const DUE_ITEM: u8 = 0x01;
     /// `reports`: a service report issued or received here.
     pub const REPORT: u8 = 0x01;
+    /// `statements`: an assessment statement this node sent to a counterpart.
+    pub const STATEMENT_SENT: u8 = 0x01;
+    /// `statements`: an assessment statement a counterpart sent about this node.
+    pub const STATEMENT_RECEIVED: u8 = 0x02;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,6 +324,45 @@ impl ReportKey {
     }
 }
 
+/// `statements`: kind (sent or received) ‖ period index (u32 BE) ‖ counterpart
+/// (length-prefixed): one quarter's statements are contiguous.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatementKey {
+    pub received: bool,
+    /// [`crate::domain::Period::index`].
+    pub period: u32,
+    pub counterpart: String,
+}
+
+impl StatementKey {
+    fn kind(received: bool) -> u8 {
+        if received { kind::STATEMENT_RECEIVED } else { kind::STATEMENT_SENT }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Self::period_prefix(self.received, self.period);
+        put_bytes(&mut out, self.counterpart.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
+        let received = bytes.first() == Some(&kind::STATEMENT_RECEIVED);
+        let mut r = Reader::new("statement", bytes, Self::kind(received))?;
+        let period = r.u32()?;
+        let counterpart = r.text()?;
+        r.finish()?;
+        Ok(Self { received, period, counterpart })
+    }
+
+    /// Prefix of every statement of one quarter, sent or received.
+    pub fn period_prefix(received: bool, period: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.push(Self::kind(received));
+        out.extend_from_slice(&period.to_be_bytes());
+        out
+    }
+}
+
 /// `meta`: single-valued keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
@@ -389,6 +432,11 @@ mod tests {
             let report = ReportKey { person: PersonKey(p), period: n as u32, issuer: from.clone() };
             prop_assert_eq!(ReportKey::decode(&report.encode()).unwrap(), report.clone());
             prop_assert!(report.encode().starts_with(&ReportKey::person_prefix(&PersonKey(p))));
+            for received in [false, true] {
+                let key = StatementKey { received, period: n as u32, counterpart: to.clone() };
+                prop_assert_eq!(StatementKey::decode(&key.encode()).unwrap(), key.clone());
+                prop_assert!(key.encode().starts_with(&StatementKey::period_prefix(received, n as u32)));
+            }
         }
 
         #[test]
@@ -409,6 +457,7 @@ mod tests {
             let _ = LogKey::decode(&bytes);
             let _ = DueKey::decode(&bytes);
             let _ = ReportKey::decode(&bytes);
+            let _ = StatementKey::decode(&bytes);
         }
     }
 
