@@ -263,6 +263,62 @@ async fn the_dashboard_shows_an_origin_going_down_and_catching_up() {
         .expect("the demo stops cleanly");
 }
 
+/// The README's command: `ldx-gateway demo` prints the dashboard's address, and the page
+/// there lists every node of the federation it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldx_gateway_demo_prints_the_dashboard_address() {
+    use tokio::io::AsyncBufReadExt;
+
+    chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ldx-gateway-harness"))
+        .args(["demo", "--persons", "2", "--stream-interval-ms", "0", "--collect-interval-ms", "200", "--dir"])
+        .arg(dir.path())
+        // Channels interrupted by the shutdown are expected; errors still show.
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut dashboard = None;
+    let mut nodes = Vec::new();
+    let printed = async {
+        while let Some(line) = lines.next_line().await.expect("the demo's output") {
+            if let Some(url) = line.strip_prefix("dashboard: ") {
+                dashboard = Some(url.trim().to_owned());
+            }
+            let cols: Vec<_> = line.split_whitespace().collect();
+            if cols.len() >= 4 && cols[3].starts_with("https://") {
+                nodes.push(cols[0].to_owned());
+            }
+            if line.contains("demo federation ready") {
+                return;
+            }
+        }
+        panic!("the demo ended before it was ready");
+    };
+    tokio::time::timeout(READY_TIMEOUT, printed).await.expect("the demo did not become ready in time");
+    let url = dashboard.expect("the demo printed `dashboard: URL`");
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with('/'), "{url}");
+    assert!(nodes.len() >= 6, "{nodes:?}");
+
+    let (page, waited) = wait_for_page(&url, "every node of the demo listed and up", |p| {
+        let states = p.node_states();
+        nodes.iter().all(|d| states.get(d).map(String::as_str) == Some("up"))
+    })
+    .await;
+    eprintln!("{url}: {} nodes up within {waited:.1?}", page.node_states().len());
+
+    let pid = child.id().expect("the demo is running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the demo stops within a minute of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "the demo stops cleanly: {status}");
+}
+
 #[test]
 fn attributes_are_read_from_a_serialised_tag() {
     let a = attributes(r#"<tr data-node="411421" data-state="up" class="a b">"#);
