@@ -554,7 +554,8 @@ impl ClusterNode {
     /// `spawn_blocking`).
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
-        command.args(args).arg("--config").arg(self.config_path()).env_remove("LDX_ENDPOINT").env_remove("LDX_CONFIG");
+        command.args(args).arg("--config").arg(self.config_path());
+        without_ldx_env(&mut command);
         command
     }
 
@@ -621,7 +622,9 @@ impl ClusterNode {
             &mut log,
             format!("==== cluster harness: start #{} of node {} ====\n", self.starts, self.division).as_bytes(),
         )?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        without_ldx_env(&mut command);
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
@@ -704,7 +707,9 @@ impl Gateway {
         let _ = std::fs::remove_file(&addr_file);
         let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        without_ldx_env(&mut command);
+        let child = command
             .arg("run")
             .arg("--pki")
             .arg(&self.pki)
@@ -713,8 +718,6 @@ impl Gateway {
             .args(["--metrics-listen", "127.0.0.1:0", "--collect-interval-ms", "200", "--metrics-addr-file"])
             .arg(self.dir.join("metrics.addr"))
             .env("RUST_LOG", &self.log_filter)
-            .env_remove("LDX_PKI")
-            .env_remove("LDX_GATEWAY_LISTEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -773,6 +776,17 @@ async fn terminate(mut child: Child, what: &str) -> anyhow::Result<()> {
             bail!("{what} ignored SIGTERM for {STOP_TIMEOUT:?}");
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Keeps the test's own `LDX_…` variables (`LDX_TEST_KEEP`, `LDX_FAULT_CYCLES`…) away from
+/// a process the harness configures: nodes take every `LDX_…` variable as a config key and
+/// refuse unknown ones, and the harness passes everything through files and arguments.
+fn without_ldx_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LDX_") {
+            command.env_remove(name);
+        }
     }
 }
 
