@@ -12,6 +12,7 @@ use ldx_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+pub mod bench;
 pub mod cluster;
 pub mod fault;
 

@@ -1,0 +1,324 @@
+//! ldx node to node: a street office (the destination, where move-ins are registered) and
+//! an origin county (the receiver of the move-in notices), real `ldx-node` processes with
+//! `storage.sync_writes = true` (every commit fsync'd) talking mutual-TLS gRPC on loopback.
+//!
+//! - live: `clients` concurrent staff clients, one move-in per `Registry.RegisterMoveIn`,
+//!   each answered only once its batch (record + outbox envelope) is durable; end to end
+//!   is the first request → the origin's applied seq covering the last notice.
+//! - bulk: the node has no batch registration API (`ldx-node ledger import` registers
+//!   one by one through `Registry::move_in`), so this is the catch-up shape: the origin is
+//!   stopped, `bulk` notices queue in the outbox, the origin restarts and the channel
+//!   drains in wire batches of up to 1000; throughput is counted from the origin serving
+//!   again to the last notice applied.
+//! - latency: move-ins at a fixed rate, open loop; per notice the time from the request to
+//!   the `at_ms` of the origin's APPLIED log entry for her.
+//! - catch-up: the bulk shape once with `catchup` notices; drain time from the restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, ensure};
+use chrono::NaiveDate;
+use ldx_gateway::synthetic;
+use ldx_proto::v1::{self as pb, ListLogRequest, registry_client::RegistryClient};
+use tokio::time::MissedTickBehavior;
+use tonic::transport::Channel;
+
+use super::sys::{CpuUse, CpuWindow};
+use super::{BenchConfig, ms, rate};
+use crate::cluster::{Cluster, wait_until};
+
+/// 大学路街道, Zhengzhou: where the move-ins are registered.
+pub const DEST: &str = "410103007";
+/// 民权县: the origin county the notices go to.
+pub const ORIGIN: &str = "411421";
+/// Longest wait for a channel to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1_800);
+/// Largest page of `Monitor.ListLog`.
+const LOG_PAGE: u32 = 10_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct LdxResults {
+    /// Notices/s end to end of the live shape, one per repetition.
+    pub live: Vec<f64>,
+    /// Move-ins/s acknowledged (durable) at the source in the live shape.
+    pub live_source: Vec<f64>,
+    /// Every acknowledgement latency of the live shape, ms.
+    pub live_ack_ms: Vec<f64>,
+    pub live_cpu: Vec<CpuUse>,
+    /// Notices/s drained in the bulk (catch-up) shape, from the origin serving again.
+    pub bulk: Vec<f64>,
+    /// Move-ins/s committed at the source while the notices queued.
+    pub bulk_queue: Vec<f64>,
+    pub bulk_cpu: Vec<CpuUse>,
+    pub latency: Option<Latency>,
+    pub catchup: Option<Catchup>,
+    /// Mean bytes of a move-in notice envelope on the wire.
+    pub envelope_bytes: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    pub target_rate: u64,
+    /// Move-ins per second actually issued.
+    pub issued_rate: f64,
+    /// Notices applied per second at the origin over the run.
+    pub count: u64,
+    /// Request → applied at the origin, ms, one per notice.
+    pub end_to_end_ms: Vec<f64>,
+    /// Request → acknowledged (durable at the source), ms.
+    pub ack_ms: Vec<f64>,
+    pub cpu: CpuUse,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catchup {
+    pub queued: u64,
+    /// Move-ins/s committed at the source while the origin was down.
+    pub queue_rate: f64,
+    /// From the restart command to the last notice applied (includes process start).
+    pub drain: Duration,
+    /// Of which the origin took this long to serve again.
+    pub restart: Duration,
+    pub cpu: CpuUse,
+}
+
+fn date(n: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 1, 1).expect("valid") + chrono::Days::new(u64::from(n % 300))
+}
+
+/// The `n`th move-in: a woman from the origin county registering at the street office.
+fn request(n: u32) -> pb::RegisterMoveInRequest {
+    synthetic::person(ORIGIN, n).move_in(DEST, date(n), synthetic::category(n))
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+struct Bench {
+    cluster: Cluster,
+    /// Next person number: every move-in of the run is a different person.
+    next: Arc<AtomicU32>,
+    /// Index of the last origin log entry read.
+    log_after: u64,
+}
+
+impl Bench {
+    async fn start(config: &BenchConfig) -> anyhow::Result<Self> {
+        let mut builder = Cluster::builder()
+            .nodes([DEST, ORIGIN])
+            .sync_writes(true)
+            .log_filter(config.log_filter.clone())
+            // A restarted peer is retried within 200 ms, so drain times measure the drain.
+            .backoff(Duration::from_millis(20), Duration::from_millis(200));
+        if let Some((node, gateway)) = &config.binaries {
+            builder = builder.binaries(node, gateway);
+        }
+        let cluster = builder.start().await?;
+        Ok(Self { cluster, next: Arc::new(AtomicU32::new(0)), log_after: 0 })
+    }
+
+    fn pid(&self, division: &str) -> u32 {
+        self.cluster.node(division).pid().unwrap_or(0)
+    }
+
+    fn cpu(&self) -> CpuWindow {
+        CpuWindow::start(&[("source node", self.pid(DEST)), ("origin node", self.pid(ORIGIN))])
+    }
+
+    async fn clients(&self, count: usize) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(self.cluster.node(DEST).registry().await?);
+        }
+        Ok(out)
+    }
+
+    /// Seq of the last notice the origin applied from the street office.
+    async fn applied(&self) -> anyhow::Result<u64> {
+        let status = self.cluster.node(ORIGIN).status().await?;
+        Ok(status.inbound.iter().find(|c| c.peer == DEST).map_or(0, |c| c.applied_seq))
+    }
+
+    /// The street office's outbound channel to the origin.
+    async fn outbound(&self) -> anyhow::Result<pb::OutboundChannel> {
+        let status = self.cluster.node(DEST).status().await?;
+        Ok(status.outbound.into_iter().find(|c| c.peer == ORIGIN).unwrap_or_default())
+    }
+
+    async fn wait_applied(&self, seq: u64) -> anyhow::Result<Duration> {
+        let what = format!("the origin applied notice seq {seq}");
+        wait_until(DRAIN_TIMEOUT, &what, async || self.applied().await.is_ok_and(|a| a >= seq)).await
+    }
+
+    /// Registers `count` move-ins from `clients` concurrent clients, each waiting for its
+    /// answer before the next; returns every acknowledgement latency in ms.
+    async fn register(&self, clients: usize, count: u64) -> anyhow::Result<Vec<f64>> {
+        let issued = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for mut client in self.clients(clients).await? {
+            let (issued, next) = (issued.clone(), self.next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while issued.fetch_add(1, Ordering::Relaxed) < count {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    let resp = client.register_move_in(request(n)).await.context("RegisterMoveIn")?.into_inner();
+                    latencies.push(ms(start.elapsed()));
+                    ensure!(resp.created, "move-in {n} was already registered");
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        Ok(all)
+    }
+
+    /// One repetition of the live shape.
+    async fn live(&self, config: &BenchConfig, out: &mut LdxResults) -> anyhow::Result<()> {
+        let cpu = self.cpu();
+        let start = Instant::now();
+        let acks = self.register(config.clients, config.live).await?;
+        let source = start.elapsed();
+        let head = self.outbound().await?.head_seq;
+        self.wait_applied(head).await?;
+        let end_to_end = start.elapsed();
+        let cpu = cpu.finish();
+        let (r, s) = (rate(config.live, end_to_end), rate(config.live, source));
+        eprintln!("   ldx live: {r:.0} notices/s end to end, {s:.0} move-ins/s acknowledged at the source; {cpu}");
+        out.live.push(r);
+        out.live_source.push(s);
+        out.live_ack_ms.extend(acks);
+        out.live_cpu.push(cpu);
+        Ok(())
+    }
+
+    /// The origin down while `count` notices queue, then restarted: returns (queue rate,
+    /// restart time, drain time from the restart, CPU during the drain).
+    async fn catch_up(
+        &mut self,
+        config: &BenchConfig,
+        count: u64,
+    ) -> anyhow::Result<(f64, Duration, Duration, CpuUse)> {
+        self.cluster.node_mut(ORIGIN).stop().await?;
+        let start = Instant::now();
+        self.register(config.clients, count).await?;
+        let queue_rate = rate(count, start.elapsed());
+        let head = self.outbound().await?.head_seq;
+        let restart = Instant::now();
+        self.cluster.node_mut(ORIGIN).restart().await?;
+        let ready = restart.elapsed();
+        let cpu = self.cpu();
+        self.wait_applied(head).await?;
+        Ok((queue_rate, ready, restart.elapsed(), cpu.finish()))
+    }
+
+    async fn bulk(&mut self, config: &BenchConfig, out: &mut LdxResults) -> anyhow::Result<()> {
+        let (queue_rate, ready, drain, cpu) = self.catch_up(config, config.bulk).await?;
+        let r = rate(config.bulk, drain - ready);
+        eprintln!(
+            "   ldx bulk: {} notices drained at {r:.0}/s after the origin served again ({:.2} s to restart); \
+             queued at {queue_rate:.0}/s; {cpu}",
+            config.bulk,
+            ready.as_secs_f64()
+        );
+        out.bulk.push(r);
+        out.bulk_queue.push(queue_rate);
+        out.bulk_cpu.push(cpu);
+        Ok(())
+    }
+
+    /// Origin log entries after the last one read.
+    async fn new_log(&mut self) -> anyhow::Result<Vec<pb::LogEntry>> {
+        let mut monitor = self.cluster.node(ORIGIN).monitor().await?;
+        let mut entries = Vec::new();
+        loop {
+            let page =
+                monitor.list_log(ListLogRequest { after: self.log_after, limit: LOG_PAGE }).await?.into_inner().entries;
+            let Some(last) = page.last() else { return Ok(entries) };
+            self.log_after = last.index;
+            entries.extend(page);
+        }
+    }
+
+    async fn latency(&mut self, config: &BenchConfig) -> anyhow::Result<Latency> {
+        self.new_log().await?;
+        let clients = self.clients(config.clients).await?;
+        let total = config.rate * config.latency_secs;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate as f64));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let cpu = self.cpu();
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            ticker.tick().await;
+            let mut client = clients[i as usize % clients.len()].clone();
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            tasks.push(tokio::spawn(async move {
+                let sent = now_ms();
+                let resp = client.register_move_in(request(n)).await.context("RegisterMoveIn")?.into_inner();
+                let acked = now_ms();
+                ensure!(resp.created, "move-in {n} was already registered");
+                let key = resp.person.context("no person in the answer")?.person_key;
+                anyhow::Ok((key, sent, acked))
+            }));
+        }
+        let issued_rate = rate(total, start.elapsed());
+        let mut sent = HashMap::new();
+        let mut ack_ms = Vec::new();
+        for t in tasks {
+            let (key, at, acked) = t.await??;
+            ack_ms.push(acked - at);
+            sent.insert(key, at);
+        }
+        let head = self.outbound().await?.head_seq;
+        self.wait_applied(head).await?;
+        let cpu = cpu.finish();
+        let mut end_to_end_ms = Vec::with_capacity(sent.len());
+        for e in self.new_log().await? {
+            if e.direction == pb::Direction::Applied as i32 && e.peer == DEST && e.kind == "move_in_notice" {
+                if let Some(at) = sent.remove(&e.person_key) {
+                    end_to_end_ms.push(e.at_ms as f64 - at);
+                }
+            }
+        }
+        ensure!(sent.is_empty(), "{} notices have no APPLIED entry in the origin's log", sent.len());
+        eprintln!(
+            "   ldx latency at {}/s: issued {issued_rate:.0}/s, p50 {:.1} ms, p99 {:.1} ms; {cpu}",
+            config.rate,
+            super::percentile(&end_to_end_ms, 50.0),
+            super::percentile(&end_to_end_ms, 99.0)
+        );
+        Ok(Latency { target_rate: config.rate, issued_rate, count: total, end_to_end_ms, ack_ms, cpu })
+    }
+}
+
+pub async fn run(config: &BenchConfig) -> anyhow::Result<LdxResults> {
+    let mut bench = Bench::start(config).await?;
+    let mut out = LdxResults::default();
+    for _ in 0..config.reps {
+        bench.live(config, &mut out).await?;
+    }
+    out.latency = Some(bench.latency(config).await?);
+    for _ in 0..config.reps {
+        bench.bulk(config, &mut out).await?;
+    }
+    let channel = bench.outbound().await?;
+    out.envelope_bytes = channel.bytes_sent as f64 / channel.envelopes_sent.max(1) as f64;
+    eprintln!("   ldx catch-up: queueing {} notices for the stopped origin", config.catchup);
+    let (queue_rate, restart, drain, cpu) = bench.catch_up(config, config.catchup).await?;
+    eprintln!(
+        "   ldx catch-up: {} notices drained in {:.1} s after the restart ({:.2} s to serve); {cpu}",
+        config.catchup,
+        drain.as_secs_f64(),
+        restart.as_secs_f64()
+    );
+    out.catchup = Some(Catchup { queued: config.catchup, queue_rate, drain, restart, cpu });
+    Ok(out)
+}
