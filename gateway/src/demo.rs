@@ -358,7 +358,8 @@ async fn wait_synced(nodes: &[DemoNode]) -> anyhow::Result<()> {
 }
 
 /// A move-in at the next destination every `every`; every fifth tick, the oldest streamed
-/// person moves on to the next street office.
+/// person moves on to the next street office; every other tick, the next seeded resident
+/// gets her quarter's health check and report (see [`report_one`]).
 async fn stream(
     nodes: Vec<DemoNode>,
     first: u32,
@@ -370,8 +371,14 @@ async fn stream(
     for node in &destinations {
         clients.push(RegistryClient::new(connect(node).await?));
     }
+    let mut origins = Vec::new();
+    for node in nodes.iter().filter(|n| !is_destination(n)) {
+        origins.push((node.division.as_str().to_owned(), RegistryClient::new(connect(node).await?)));
+    }
+    let per_node = first / u32::try_from(destinations.len())?.max(1);
     let mut ticker = tokio::time::interval(every);
     let mut moved = first;
+    let mut reported = 0;
     for n in first.. {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -399,8 +406,57 @@ async fn stream(
             }
             moved += 1;
         }
+        if n % 2 == 0 && reported < first {
+            let d = (reported / per_node.max(1)) as usize;
+            if let Some(client) = clients.get_mut(d) {
+                report_one(client, &mut origins, reported).await;
+            }
+            reported += 1;
+        }
     }
     Ok(())
+}
+
+/// The quarter's round for seeded resident `n`: her photo filed at both ends (for every
+/// seventh the origin's photo on file differs, so her report waits for an operator
+/// there), a health check today, and her report issued for the current quarter.
+async fn report_one(
+    residence: &mut RegistryClient<Channel>,
+    origins: &mut [(String, RegistryClient<Channel>)],
+    n: u32,
+) {
+    if synthetic::category(n) == pb::Category::Organisation {
+        return;
+    }
+    let origin = ORIGINS[(n as usize) % ORIGINS.len()];
+    let person = synthetic::person(origin, n);
+    let digest = |photo: String| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(photo.as_bytes()))
+    };
+    let photo =
+        pb::RecordPhotoRequest { id_number: person.id_number.clone(), photo_digest: digest(format!("photo {n}")) };
+    let on_file = if n % 7 == 3 { digest(format!("old photo {n}")) } else { photo.photo_digest.clone() };
+    let at_origin = pb::RecordPhotoRequest { photo_digest: on_file, ..photo.clone() };
+    let check = pb::RecordServiceRequest {
+        id_number: person.id_number.clone(),
+        kind: pb::ServiceKind::HealthCheck as i32,
+        date: SystemClock.today().to_string(),
+        details: "季度健康检查".into(),
+    };
+    let issue = pb::IssueReportRequest { id_number: person.id_number.clone(), period: String::new() };
+    let result = async {
+        if let Some((_, client)) = origins.iter_mut().find(|(d, _)| d == origin) {
+            client.record_photo(at_origin).await?;
+        }
+        residence.record_photo(photo).await?;
+        residence.record_service(check).await?;
+        residence.issue_report(issue).await?;
+        Ok::<_, tonic::Status>(())
+    };
+    if let Err(e) = result.await {
+        tracing::warn!(error = %e, "demo stream: report round refused");
+    }
 }
 
 async fn connect(node: &DemoNode) -> anyhow::Result<Channel> {

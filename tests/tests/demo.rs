@@ -88,3 +88,54 @@ async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// The demo's stream gives seeded residents their quarter's check and report: the origins
+/// verify them (one in seven waits for an operator, its photo on file being older) and
+/// the verdicts come back to the street offices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_streams_quarterly_reports_that_the_origins_verify() {
+    use ldx_gateway::demo::{self, DemoOptions, DemoReady};
+    let dir = tempfile::tempdir().unwrap();
+    let options = DemoOptions {
+        dir: Some(dir.path().to_owned()),
+        persons_per_node: 6,
+        stream_every: Some(Duration::from_millis(20)),
+        ..DemoOptions::default()
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<DemoReady>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(demo::run(
+        options,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |ready| {
+            let _ = ready_tx.send(ready.clone());
+        },
+    ));
+    let ready = tokio::time::timeout(Duration::from_secs(120), ready_rx).await.unwrap().unwrap();
+    let reports = async |division: &str| {
+        let node = ready.nodes.iter().find(|n| n.division.as_str() == division).unwrap();
+        let mut client = RegistryClient::connect(format!("http://{}", node.api)).await.unwrap();
+        client.list_reports(pb::ListReportsRequest::default()).await.unwrap().into_inner().reports
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut statuses = Vec::new();
+        for origin in ldx_gateway::demo::ORIGINS {
+            statuses.extend(reports(origin).await.into_iter().map(|r| r.status()));
+        }
+        let qualified_back =
+            reports("410103007").await.iter().filter(|r| r.status() == pb::ReportStatus::Qualified).count();
+        if statuses.contains(&pb::ReportStatus::Qualified)
+            && statuses.contains(&pb::ReportStatus::AwaitingVerification)
+            && qualified_back > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no verified reports within 60 s: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_tx.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
