@@ -24,38 +24,38 @@ pub const ROW_BYTES: usize = 300;
 /// Rows per transaction or batch in the bulk shape.
 pub const BULK_BATCH: u64 = 1_000;
 
-/// What to run and how much; every field has an `LDXBENCH_*` environment variable (not
-/// `LDX_*`, which the nodes the benchmark starts read as config keys).
+/// What to run and how much; every field has an `LDX_BENCH_*` environment variable (the
+/// cluster harness keeps `LDX_*` variables away from the nodes it starts).
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Repetitions of each throughput scenario (`LDXBENCH_REPS`, default 3).
+    /// Repetitions of each throughput scenario (`LDX_BENCH_REPS`, default 3).
     pub reps: usize,
-    /// Notices per repetition of the bulk shape (`LDXBENCH_BULK`, default 20,000).
+    /// Notices per repetition of the bulk shape (`LDX_BENCH_BULK`, default 20,000).
     pub bulk: u64,
-    /// Notices per repetition of the live shape (`LDXBENCH_LIVE`, default 4,000).
+    /// Notices per repetition of the live shape (`LDX_BENCH_LIVE`, default 4,000).
     pub live: u64,
-    /// Concurrent clients of the live shape (`LDXBENCH_CLIENTS`, default 16).
+    /// Concurrent clients of the live shape (`LDX_BENCH_CLIENTS`, default 16).
     pub clients: usize,
-    /// Move-ins per second of the latency scenario (`LDXBENCH_RATE`, default 1,000).
+    /// Move-ins per second of the latency scenario (`LDX_BENCH_RATE`, default 1,000).
     pub rate: u64,
-    /// Seconds of the latency scenario (`LDXBENCH_LATENCY_SECS`, default 10).
+    /// Seconds of the latency scenario (`LDX_BENCH_LATENCY_SECS`, default 10).
     pub latency_secs: u64,
-    /// Envelopes queued for a peer that is down (`LDXBENCH_CATCHUP`, default 100,000;
+    /// Envelopes queued for a peer that is down (`LDX_BENCH_CATCHUP`, default 100,000;
     /// the issue's figure is 1,000,000).
     pub catchup: u64,
-    /// Idle nodes started to measure memory (`LDXBENCH_IDLE_NODES`, default 30).
+    /// Idle nodes started to measure memory (`LDX_BENCH_IDLE_NODES`, default 30).
     pub idle_nodes: usize,
-    /// Directory lookups timed per repetition (`LDXBENCH_LOOKUPS`, default 1,000,000).
+    /// Directory lookups timed per repetition (`LDX_BENCH_LOOKUPS`, default 1,000,000).
     pub lookups: u64,
-    /// The division tables (`LDXBENCH_DIVISIONS`, default `../shared/data/divisions`).
+    /// The division tables (`LDX_BENCH_DIVISIONS`, default `../shared/data/divisions`).
     pub divisions: PathBuf,
-    /// PostgreSQL server binaries (`LDXBENCH_PG_BIN`, default `/usr/lib/postgresql/15/bin`).
+    /// PostgreSQL server binaries (`LDX_BENCH_PG_BIN`, default `/usr/lib/postgresql/15/bin`).
     pub pg_bin: PathBuf,
-    /// `pgbench` (`LDXBENCH_PGBENCH`, default `pgbench` in `pg_bin`, else `/usr/bin/pgbench`).
+    /// `pgbench` (`LDX_BENCH_PGBENCH`, default `pgbench` in `pg_bin`, else `/usr/bin/pgbench`).
     pub pgbench: Option<PathBuf>,
-    /// `RUST_LOG` of the node processes (`LDXBENCH_LOG`, default `info`, as shipped).
+    /// `RUST_LOG` of the node processes (`LDX_BENCH_LOG`, default `info`, as shipped).
     pub log_filter: String,
-    /// Parts to run, comma-separated from `ldx,pg,rocks,scale,idle` (`LDXBENCH_ONLY`,
+    /// Parts to run, comma-separated from `ldx,pg,rocks,scale,idle` (`LDX_BENCH_ONLY`,
     /// default all).
     pub only: Option<Vec<String>>,
     /// `ldx-node` and `ldx-gateway` binaries; `None`: next to the running executable.
@@ -85,39 +85,31 @@ impl Default for BenchConfig {
 }
 
 impl BenchConfig {
-    /// The defaults, overridden by every `LDXBENCH_*` variable that is set.
+    /// The defaults, overridden by every `LDX_BENCH_*` variable that is set.
     pub fn from_env() -> anyhow::Result<Self> {
-        // `ldx-node` takes every `LDX_*` variable as a config key and refuses unknown ones,
-        // so the benchmark's own variables must not start with `LDX_`.
-        if let Some((name, _)) = std::env::vars().find(|(k, _)| k.starts_with("LDX_BENCH_")) {
-            anyhow::bail!(
-                "{name}: the benchmark's variables are spelled LDXBENCH_* (the nodes it starts would \
-                 read LDX_* as their own config keys)"
-            );
-        }
         let mut c = Self::default();
-        env_parse("LDXBENCH_REPS", &mut c.reps)?;
-        env_parse("LDXBENCH_BULK", &mut c.bulk)?;
-        env_parse("LDXBENCH_LIVE", &mut c.live)?;
-        env_parse("LDXBENCH_CLIENTS", &mut c.clients)?;
-        env_parse("LDXBENCH_RATE", &mut c.rate)?;
-        env_parse("LDXBENCH_LATENCY_SECS", &mut c.latency_secs)?;
-        env_parse("LDXBENCH_CATCHUP", &mut c.catchup)?;
-        env_parse("LDXBENCH_IDLE_NODES", &mut c.idle_nodes)?;
-        env_parse("LDXBENCH_LOOKUPS", &mut c.lookups)?;
-        if let Ok(v) = std::env::var("LDXBENCH_DIVISIONS") {
+        env_parse("LDX_BENCH_REPS", &mut c.reps)?;
+        env_parse("LDX_BENCH_BULK", &mut c.bulk)?;
+        env_parse("LDX_BENCH_LIVE", &mut c.live)?;
+        env_parse("LDX_BENCH_CLIENTS", &mut c.clients)?;
+        env_parse("LDX_BENCH_RATE", &mut c.rate)?;
+        env_parse("LDX_BENCH_LATENCY_SECS", &mut c.latency_secs)?;
+        env_parse("LDX_BENCH_CATCHUP", &mut c.catchup)?;
+        env_parse("LDX_BENCH_IDLE_NODES", &mut c.idle_nodes)?;
+        env_parse("LDX_BENCH_LOOKUPS", &mut c.lookups)?;
+        if let Ok(v) = std::env::var("LDX_BENCH_DIVISIONS") {
             c.divisions = v.into();
         }
-        if let Ok(v) = std::env::var("LDXBENCH_PG_BIN") {
+        if let Ok(v) = std::env::var("LDX_BENCH_PG_BIN") {
             c.pg_bin = v.into();
         }
-        if let Ok(v) = std::env::var("LDXBENCH_PGBENCH") {
+        if let Ok(v) = std::env::var("LDX_BENCH_PGBENCH") {
             c.pgbench = Some(v.into());
         }
-        if let Ok(v) = std::env::var("LDXBENCH_LOG") {
+        if let Ok(v) = std::env::var("LDX_BENCH_LOG") {
             c.log_filter = v;
         }
-        if let Ok(v) = std::env::var("LDXBENCH_ONLY") {
+        if let Ok(v) = std::env::var("LDX_BENCH_ONLY") {
             c.set_only(&v)?;
         }
         c.validate()?;
@@ -128,23 +120,23 @@ impl BenchConfig {
     pub fn set_only(&mut self, list: &str) -> anyhow::Result<()> {
         let parts: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         for p in &parts {
-            anyhow::ensure!(PARTS.contains(&p.as_str()), "LDXBENCH_ONLY: unknown part {p:?}; known: {PARTS:?}");
+            anyhow::ensure!(PARTS.contains(&p.as_str()), "LDX_BENCH_ONLY: unknown part {p:?}; known: {PARTS:?}");
         }
         self.only = Some(parts);
         Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.reps >= 1, "LDXBENCH_REPS must be at least 1");
-        anyhow::ensure!(self.clients >= 1, "LDXBENCH_CLIENTS must be at least 1");
-        anyhow::ensure!(self.rate >= 1, "LDXBENCH_RATE must be at least 1");
-        for (name, n) in [("LDXBENCH_BULK", self.bulk), ("LDXBENCH_LIVE", self.live)] {
+        anyhow::ensure!(self.reps >= 1, "LDX_BENCH_REPS must be at least 1");
+        anyhow::ensure!(self.clients >= 1, "LDX_BENCH_CLIENTS must be at least 1");
+        anyhow::ensure!(self.rate >= 1, "LDX_BENCH_RATE must be at least 1");
+        for (name, n) in [("LDX_BENCH_BULK", self.bulk), ("LDX_BENCH_LIVE", self.live)] {
             anyhow::ensure!(
                 n >= BULK_BATCH && n % BULK_BATCH == 0,
                 "{name} must be a multiple of {BULK_BATCH}, got {n}"
             );
         }
-        anyhow::ensure!(self.catchup >= 1, "LDXBENCH_CATCHUP must be at least 1");
+        anyhow::ensure!(self.catchup >= 1, "LDX_BENCH_CATCHUP must be at least 1");
         Ok(())
     }
 

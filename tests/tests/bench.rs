@@ -1,6 +1,6 @@
 //! `ldx-bench` as a test: runs every benchmark scenario and prints the table. Ignored by
 //! default (it takes minutes and loads the machine); run it with
-//! `cargo test -p ldx-tests --test bench -- --ignored --nocapture`, sizes from `LDXBENCH_*`.
+//! `cargo test -p ldx-tests --test bench -- --ignored --nocapture`, sizes from `LDX_BENCH_*`.
 
 use ldx_tests::bench::{self, BenchConfig};
 

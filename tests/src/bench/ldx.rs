@@ -282,10 +282,9 @@ impl Bench {
         let cpu = cpu.finish();
         let mut end_to_end_ms = Vec::with_capacity(sent.len());
         for e in self.new_log().await? {
-            if e.direction == pb::Direction::Applied as i32 && e.peer == DEST && e.kind == "move_in_notice" {
-                if let Some(at) = sent.remove(&e.person_key) {
-                    end_to_end_ms.push(e.at_ms as f64 - at);
-                }
+            let notice = e.direction == pb::Direction::Applied as i32 && e.peer == DEST && e.kind == "move_in_notice";
+            if notice && let Some(at) = sent.remove(&e.person_key) {
+                end_to_end_ms.push(e.at_ms as f64 - at);
             }
         }
         ensure!(sent.is_empty(), "{} notices have no APPLIED entry in the origin's log", sent.len());

@@ -221,7 +221,7 @@ impl Pair {
         let bin = &config.pg_bin;
         ensure!(
             bin.join("postgres").exists() && bin.join("initdb").exists(),
-            "PostgreSQL server binaries not found in {} (set LDXBENCH_PG_BIN, or install them: \
+            "PostgreSQL server binaries not found in {} (set LDX_BENCH_PG_BIN, or install them: \
              apt-get install postgresql)",
             bin.display()
         );

@@ -41,7 +41,7 @@ pub struct IdleResults {
 pub fn street_codes(dir: &Path) -> anyhow::Result<Vec<String>> {
     let path = dir.join("streets.csv");
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {} (set LDXBENCH_DIVISIONS to the division tables)", path.display()))?;
+        .with_context(|| format!("cannot read {} (set LDX_BENCH_DIVISIONS to the division tables)", path.display()))?;
     let codes: Vec<String> = text
         .lines()
         .skip(1)

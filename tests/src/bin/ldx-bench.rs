@@ -1,6 +1,6 @@
 //! `ldx-bench [--only PARTS] [--reps N] [--catchup N] ...`: runs the benchmark scenarios
 //! against real node processes, PostgreSQL and raw RocksDB, and prints one table. Every
-//! option also has an `LDXBENCH_*` environment variable; options win.
+//! option also has an `LDX_BENCH_*` environment variable; options win.
 
 use anyhow::{Context, bail};
 use ldx_tests::bench::{self, BenchConfig};
