@@ -282,6 +282,48 @@ mod tests {
         assert!(json.contains("\"rounds\":4"), "{json}");
     }
 
+    /// `GET path` over plain HTTP/1.1: the status line and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_with_its_data_inline_and_the_json_endpoints() {
+        let collector = Collector::default();
+        collector.replace_for_test(BTreeMap::from([(
+            "411421".to_owned(),
+            NodeReport { endpoint: "https://127.0.0.1:1".into(), last_error: "down".into(), ..Default::default() },
+        )]));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(collector)).await });
+
+        let (status, page) = get(addr, "/").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(!page.contains(INITIAL_MARKER), "the first data is inlined");
+        assert!(page.contains("\"division\":\"411421\",\"name\":\"民权县\""), "{page}");
+        for link in ["src=", "href=", "@import", "url("] {
+            assert!(!page.contains(link), "nothing is loaded from elsewhere, yet the page has {link}");
+        }
+
+        let (status, json) = get(addr, "/api/status").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(json.contains("\"reachable\":false") && json.contains("\"history_kept\":false"), "{json}");
+        let (status, json) = get(addr, "/api/history?minutes=5").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(json.contains("\"rounds\":0,\"series\":[]"), "{json}");
+        let (status, message) = get(addr, "/api/history?minutes=99999").await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert!(message.contains("minutes: \"99999\" must be a whole number from 1 to 1440"), "{message}");
+    }
+
     #[test]
     fn channels_come_worst_first_with_names() {
         use ldx_proto::v1 as pb;
