@@ -40,6 +40,9 @@ pub struct BenchConfig {
     pub rate: u64,
     /// Seconds of the latency scenario (`LDX_BENCH_LATENCY_SECS`, default 10).
     pub latency_secs: u64,
+    /// A second, lower rate for the latency scenario, to show the pipeline's latency when
+    /// the node is not saturated (`LDX_BENCH_LOW_RATE`, default 200; 0: skip).
+    pub low_rate: u64,
     /// Envelopes queued for a peer that is down (`LDX_BENCH_CATCHUP`, default 100,000;
     /// the figure is 1,000,000).
     pub catchup: u64,
@@ -71,6 +74,7 @@ impl Default for BenchConfig {
             clients: 16,
             rate: 1_000,
             latency_secs: 10,
+            low_rate: 200,
             catchup: 100_000,
             idle_nodes: 30,
             lookups: 1_000_000,
@@ -94,6 +98,7 @@ impl BenchConfig {
         env_parse("LDX_BENCH_CLIENTS", &mut c.clients)?;
         env_parse("LDX_BENCH_RATE", &mut c.rate)?;
         env_parse("LDX_BENCH_LATENCY_SECS", &mut c.latency_secs)?;
+        env_parse("LDX_BENCH_LOW_RATE", &mut c.low_rate)?;
         env_parse("LDX_BENCH_CATCHUP", &mut c.catchup)?;
         env_parse("LDX_BENCH_IDLE_NODES", &mut c.idle_nodes)?;
         env_parse("LDX_BENCH_LOOKUPS", &mut c.lookups)?;

@@ -53,7 +53,8 @@ pub struct LdxResults {
     /// Move-ins/s committed at the source while the notices queued.
     pub bulk_queue: Vec<f64>,
     pub bulk_cpu: Vec<CpuUse>,
-    pub latency: Option<Latency>,
+    /// At the configured rate, then (if set) at the lower rate.
+    pub latency: Vec<Latency>,
     pub catchup: Option<Catchup>,
     /// Mean bytes of a move-in notice envelope on the wire.
     pub envelope_bytes: f64,
@@ -126,7 +127,11 @@ impl Bench {
     }
 
     fn cpu(&self) -> CpuWindow {
-        CpuWindow::start(&[("source node", self.pid(DEST)), ("origin node", self.pid(ORIGIN))])
+        CpuWindow::start(&[
+            ("source node", self.pid(DEST)),
+            ("origin node", self.pid(ORIGIN)),
+            ("bench client", std::process::id()),
+        ])
     }
 
     async fn clients(&self, count: usize) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
@@ -247,11 +252,11 @@ impl Bench {
         }
     }
 
-    async fn latency(&mut self, config: &BenchConfig) -> anyhow::Result<Latency> {
+    async fn latency(&mut self, config: &BenchConfig, per_sec: u64) -> anyhow::Result<Latency> {
         self.new_log().await?;
         let clients = self.clients(config.clients).await?;
-        let total = config.rate * config.latency_secs;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate as f64));
+        let total = per_sec * config.latency_secs;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let cpu = self.cpu();
         let start = Instant::now();
@@ -289,12 +294,11 @@ impl Bench {
         }
         ensure!(sent.is_empty(), "{} notices have no APPLIED entry in the origin's log", sent.len());
         eprintln!(
-            "   ldx latency at {}/s: issued {issued_rate:.0}/s, p50 {:.1} ms, p99 {:.1} ms; {cpu}",
-            config.rate,
+            "   ldx latency at {per_sec}/s: issued {issued_rate:.0}/s, p50 {:.1} ms, p99 {:.1} ms; {cpu}",
             super::percentile(&end_to_end_ms, 50.0),
             super::percentile(&end_to_end_ms, 99.0)
         );
-        Ok(Latency { target_rate: config.rate, issued_rate, count: total, end_to_end_ms, ack_ms, cpu })
+        Ok(Latency { target_rate: per_sec, issued_rate, count: total, end_to_end_ms, ack_ms, cpu })
     }
 }
 
@@ -304,7 +308,10 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<LdxResults> {
     for _ in 0..config.reps {
         bench.live(config, &mut out).await?;
     }
-    out.latency = Some(bench.latency(config).await?);
+    out.latency.push(bench.latency(config, config.rate).await?);
+    if config.low_rate > 0 {
+        out.latency.push(bench.latency(config, config.low_rate).await?);
+    }
     for _ in 0..config.reps {
         bench.bulk(config, &mut out).await?;
     }

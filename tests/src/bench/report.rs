@@ -200,8 +200,12 @@ impl Report {
         }
         rows.extend(ratios("live", ldx_live, pg_live, rocks_live));
 
-        if let Some(lat) = self.ldx.as_ref().and_then(|l| l.latency.as_ref()) {
+        let latencies = self.ldx.as_ref().map_or(&[][..], |l| &l.latency[..]);
+        for (i, lat) in latencies.iter().enumerate() {
             let p99 = percentile(&lat.end_to_end_ms, 99.0);
+            // The issue's target is for the first (configured) rate; a lower rate is context.
+            let (target, met) =
+                if i == 0 { ("p99 ≤ 20 ms", verdict(p99 <= P99_MS)) } else { ("(context)", String::new()) };
             rows.push(row(
                 format!(
                     "4 latency move-in → applied at the origin, {}/s for {} notices",
@@ -216,8 +220,8 @@ impl Report {
                     percentile(&lat.ack_ms, 99.0),
                     percentile(&lat.end_to_end_ms, 100.0)
                 ),
-                "p99 ≤ 20 ms",
-                verdict(p99 <= P99_MS),
+                target,
+                met,
             ));
         }
         if let Some(cu) = self.ldx.as_ref().and_then(|l| l.catchup.as_ref()) {
@@ -296,8 +300,19 @@ impl fmt::Display for Report {
         let c = &self.config;
         let _ = writeln!(
             notes,
-            "config: reps {}, bulk {}, live {}, clients {}, rate {}/s × {} s, catch-up {}, idle nodes {}, node log {}",
-            c.reps, c.bulk, c.live, c.clients, c.rate, c.latency_secs, c.catchup, c.idle_nodes, c.log_filter
+            "config: reps {}, bulk {}, live {}, clients {}, rate {}/s and {}/s × {} s, catch-up {}, idle nodes {}, \
+             lookups {}, node log {}",
+            c.reps,
+            c.bulk,
+            c.live,
+            c.clients,
+            c.rate,
+            c.low_rate,
+            c.latency_secs,
+            c.catchup,
+            c.idle_nodes,
+            c.lookups,
+            c.log_filter
         );
         if let Some(p) = &self.pg {
             let _ =
@@ -313,8 +328,8 @@ impl fmt::Display for Report {
                     let _ = writeln!(notes, "CPU, ldx {what} rep {}: {u}", i + 1);
                 }
             }
-            if let Some(lat) = &l.latency {
-                let _ = writeln!(notes, "CPU, ldx latency run: {}", lat.cpu);
+            for lat in &l.latency {
+                let _ = writeln!(notes, "CPU, ldx latency run at {}/s: {}", lat.target_rate, lat.cpu);
             }
             if let Some(cu) = &l.catchup {
                 let _ =
