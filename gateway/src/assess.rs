@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::assessment_client::AssessmentClient;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::ClientTlsConfig;
 
-use crate::pki::{self, PkiError};
+use crate::collector::{GatewayTls, connect_node};
+use crate::pki::PkiError;
 
-/// How long one node may take to answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one node may take to answer `ldx-gateway assess`.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Indicators in display order, with the side each assesses and its default weight: each
 /// side's weights add up to 1000 points.
@@ -251,32 +252,26 @@ pub fn rollup(period: &str, statements: &[pb::AssessmentStatement], weights: &We
 }
 
 /// Asks every node of the directory in `pki_dir` for its statements of `period` over
-/// mutual TLS, keeping those whose signature verifies against the node's key in the
-/// directory. A node that cannot be asked, or whose statement does not verify, is listed
-/// as unavailable and its side shows as missing.
+/// mutual TLS, giving each `timeout` to answer, and keeps those whose signature verifies
+/// against the node's key in the directory. A node that cannot be asked, or whose
+/// statement does not verify, is listed as unavailable and its side shows as missing.
 pub async fn gather(
     pki_dir: &Path,
     period: &str,
+    timeout: Duration,
 ) -> Result<(Vec<pb::AssessmentStatement>, Vec<(String, String)>), AssessError> {
     let directory =
         crate::directory::load(pki_dir)?.ok_or_else(|| AssessError::NoDirectory(pki_dir.display().to_string()))?;
-    let (cert, key) = pki::gateway_identity(pki_dir)?;
-    let read =
-        |path: &Path| std::fs::read(path).map_err(|source| PkiError::Read { path: path.display().to_string(), source });
-    let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
-    let identity = Identity::from_pem(read(&cert)?, read(&key)?);
+    let tls = GatewayTls::load(pki_dir)?;
     let mut asks = tokio::task::JoinSet::new();
     for entry in directory.entries() {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca.clone())
-            .identity(identity.clone())
-            .domain_name(ldx_proto::identity::division_dns_name(&entry.division));
+        let tls = tls.for_node(&entry.division);
         let (division, endpoint, period) = (entry.division.clone(), entry.endpoint.clone(), period.to_owned());
         let signing_key = directory.signing_key(&entry.division);
         asks.spawn(async move {
-            let answer = tokio::time::timeout(ASK_TIMEOUT, ask(&endpoint, tls, &period))
+            let answer = tokio::time::timeout(timeout, ask(&endpoint, tls, &period))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")));
+                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
             let checked = answer.and_then(|statements| {
                 let key = signing_key.ok_or("the directory has no signing key for it")?;
                 for s in &statements {
@@ -304,19 +299,65 @@ pub async fn gather(
 }
 
 async fn ask(endpoint: &str, tls: ClientTlsConfig, period: &str) -> Result<Vec<pb::AssessmentStatement>, String> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
-        .tls_config(tls)
-        .map_err(|e| format!("TLS: {e}"))?
-        .connect_timeout(ASK_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    let channel = connect_node(endpoint, tls).await?;
     let response = AssessmentClient::new(channel)
         .statements(pb::StatementsRequest { period: period.to_owned() })
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
     Ok(response.into_inner().statements)
+}
+
+/// The rollup as JSON for the dashboard: pairs, scores and the nodes that gave nothing.
+/// Missed items are pseudonymous (person keys, report IDs); no name or ID number ever
+/// reaches the gateway.
+pub fn render_json(r: &Rollup) -> String {
+    use crate::dashboard::{division_name, quote};
+    let figure = |f: Option<Figure>| {
+        f.map_or_else(
+            || "null".to_owned(),
+            |f| format!("{{\"total\":{},\"on_time\":{},\"pending\":{}}}", f.total, f.on_time, f.pending),
+        )
+    };
+    let mut out = format!("{{\"period\":{},\"rows\":[", quote(&r.period));
+    for (i, row) in r.rows.iter().enumerate() {
+        let missed: Vec<String> = row.missed.iter().map(|m| quote(m)).collect();
+        let _ = write!(
+            out,
+            "{}{{\"destination\":{},\"destination_name\":{},\"origin\":{},\"origin_name\":{},\
+             \"indicator\":{},\"label\":{},\"assessed\":{},\"by_destination\":{},\"by_origin\":{},\
+             \"disagree\":{},\"missed\":[{}]}}",
+            if i == 0 { "" } else { "," },
+            quote(&row.destination),
+            quote(division_name(&row.destination)),
+            quote(&row.origin),
+            quote(division_name(&row.origin)),
+            quote(row.indicator),
+            quote(label_zh(row.indicator)),
+            quote(row.assessed.name()),
+            figure(row.by_destination),
+            figure(row.by_origin),
+            row.disagrees(),
+            missed.join(",")
+        );
+    }
+    out.push_str("],\"scores\":[");
+    for (i, s) in r.scores.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}{{\"node\":{},\"name\":{},\"side\":{},\"points\":{:.1}}}",
+            if i == 0 { "" } else { "," },
+            quote(&s.node),
+            quote(division_name(&s.node)),
+            quote(s.side.name()),
+            s.points
+        );
+    }
+    out.push_str("],\"unavailable\":[");
+    for (i, (node, why)) in r.unavailable.iter().enumerate() {
+        let _ = write!(out, "{}{{\"node\":{},\"why\":{}}}", if i == 0 { "" } else { "," }, quote(node), quote(why));
+    }
+    out.push_str("]}");
+    out
 }
 
 fn show(f: Option<Figure>) -> String {
@@ -454,6 +495,9 @@ mod tests {
 
         let text = render_text(&r);
         assert!(text.contains("DISAGREE") && text.contains("3/5") && text.contains("3/4"), "{text}");
+        let json = render_json(&r);
+        assert!(json.contains("\"indicator\":\"notice_timeliness\",\"label\":\"通报及时率\""), "{json}");
+        assert!(json.contains("\"by_destination\":{\"total\":5,\"on_time\":3,\"pending\":0}"), "{json}");
         let csv = render_csv(&r);
         assert!(csv.contains("2026Q1,410103007,411421,notice_timeliness,destination,5,3,0,4,3,0,true,"), "{csv}");
         assert!(csv.contains("2026Q1,410103007,destination,925.0,0.7500,"), "{csv}");

@@ -223,7 +223,7 @@ async fn assess(pki: &Path, period: Option<String>, csv: bool, weights: Option<P
         None => crate::assess::Weights::default(),
     };
     let period = period.to_string();
-    let (statements, unavailable) = crate::assess::gather(pki, &period).await?;
+    let (statements, unavailable) = crate::assess::gather(pki, &period, crate::assess::ASK_TIMEOUT).await?;
     let mut rollup = crate::assess::rollup(&period, &statements, &weights);
     rollup.unavailable = unavailable;
     if csv {

@@ -82,6 +82,8 @@ pub struct Collector {
     reports: Arc<Mutex<BTreeMap<String, NodeReport>>>,
     history: Option<Arc<History>>,
     every: Duration,
+    /// The PKI the nodes are asked with, for the assessment the dashboard gathers.
+    pki_dir: Option<std::path::PathBuf>,
 }
 
 /// UTC milliseconds now.
@@ -104,7 +106,7 @@ impl Collector {
         stop: watch::Receiver<bool>,
     ) -> Result<Self, PkiError> {
         let tls = GatewayTls::load(pki_dir)?;
-        let collector = Self { reports: Arc::default(), history, every };
+        let collector = Self { reports: Arc::default(), history, every, pki_dir: Some(pki_dir.to_owned()) };
         tokio::spawn(collector.clone().run(service, tls, every, stop));
         Ok(collector)
     }
@@ -128,6 +130,11 @@ impl Collector {
     /// How often the nodes are asked.
     pub fn every(&self) -> Duration {
         self.every
+    }
+
+    /// The PKI directory the collector asks the nodes with (`None` for a test collector).
+    pub fn pki_dir(&self) -> Option<&Path> {
+        self.pki_dir.as_deref()
     }
 
     /// Writes the current snapshot as one history round. A failing store costs the chart

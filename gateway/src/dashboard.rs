@@ -37,6 +37,7 @@ pub fn router(collector: Collector) -> axum::Router {
         .route("/", get(page))
         .route("/api/status", get(status))
         .route("/api/history", get(history))
+        .route("/api/assessment", get(assessment))
         .with_state(collector)
 }
 
@@ -65,6 +66,35 @@ async fn history(State(collector): State<Collector>, RawQuery(query): RawQuery) 
     }
 }
 
+/// How long the dashboard waits for each node's assessment statements.
+const ASSESSMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /api/assessment?period=2026Q4` (default: the current quarter): the two-way
+/// assessment gathered from the nodes now, as `ldx-gateway assess` shows it.
+async fn assessment(State(collector): State<Collector>, RawQuery(query): RawQuery) -> Response {
+    use ldx_node::clock::Clock as _;
+    let raw = query.as_deref().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("period="));
+    let period = match raw {
+        None | Some("") => ldx_node::domain::Period::of(ldx_node::clock::SystemClock.today()),
+        Some(raw) => match ldx_node::domain::Period::parse("period", raw) {
+            Ok(period) => period,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        },
+    };
+    let Some(pki_dir) = collector.pki_dir() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this gateway has no PKI to ask the nodes with\n").into_response();
+    };
+    let period = period.to_string();
+    match crate::assess::gather(pki_dir, &period, ASSESSMENT_TIMEOUT).await {
+        Ok((statements, unavailable)) => {
+            let mut rollup = crate::assess::rollup(&period, &statements, &crate::assess::Weights::default());
+            rollup.unavailable = unavailable;
+            json_response(crate::assess::render_json(&rollup))
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
 fn json_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
@@ -83,7 +113,7 @@ fn window_minutes(query: Option<&str>) -> Result<i64, String> {
 
 /// A JSON string literal. Besides what JSON requires, `<`, `>` and `&` are escaped so the
 /// text can sit inside the page's `<script>` element.
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
@@ -105,7 +135,7 @@ fn truncated(error: &str) -> String {
     error.chars().take(MAX_ERROR_CHARS).collect()
 }
 
-fn division_name(code: &str) -> &'static str {
+pub(crate) fn division_name(code: &str) -> &'static str {
     ldx_node::domain::Division::parse("division", code).map_or("", |d| d.name())
 }
 

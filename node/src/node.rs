@@ -133,7 +133,11 @@ pub async fn run_with_peer(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
     let monitor_directory = peer.as_ref().map(|p| p.3.clone());
-    let monitor = MonitorService::new(registry.clone(), monitor_directory, stats.clone());
+    let mut monitor = MonitorService::new(registry.clone(), monitor_directory, stats.clone());
+    // The node signs its watermarks, so the gateway's lag rests on what it applied.
+    if let Some((_, _, signing_key, _, _)) = &peer {
+        monitor = monitor.with_signer(signing_key.clone());
+    }
 
     let mut peer_server = None;
     if let Some((listener, tls, signing_key, directory, woken)) = peer {

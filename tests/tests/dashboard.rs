@@ -118,6 +118,17 @@ impl Page {
             .unwrap_or(0)
     }
 
+    /// Assessment rows by pair and indicator: (by destination, by origin, disagree).
+    fn assessment(&self) -> BTreeMap<(String, String), (String, String, bool)> {
+        self.elements_with("data-indicator")
+            .into_iter()
+            .map(|a| {
+                let key = (a["data-pair"].clone(), a["data-indicator"].clone());
+                (key, (a["data-by-destination"].clone(), a["data-by-origin"].clone(), a["data-disagree"] == "true"))
+            })
+            .collect()
+    }
+
     /// How often the page has redrawn from `/api/status` and `/api/history` since loading.
     fn refreshes(&self) -> u32 {
         self.body().get("data-refreshes").and_then(|n| n.parse().ok()).unwrap_or(0)
@@ -163,7 +174,7 @@ async fn wait_for_page(url: &str, what: &str, check: impl Fn(&Page) -> bool) -> 
 async fn screenshot(url: &str, name: &str) -> PathBuf {
     let path = artifact_dir().join(name);
     let _ = std::fs::remove_file(&path);
-    chromium_run(url, &[&format!("--screenshot={}", path.display()), "--window-size=1400,2300"]).await;
+    chromium_run(url, &[&format!("--screenshot={}", path.display()), "--window-size=1400,3800"]).await;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "{}: screenshot missing or blank ({size} bytes)", path.display());
     eprintln!("screenshot: {} ({size} bytes)", path.display());
@@ -217,10 +228,7 @@ async fn the_dashboard_shows_an_origin_going_down_and_catching_up() {
     .await;
     assert_eq!(page.node_states().len(), divisions.len(), "no row for a node outside the demo");
     let watermarks = page.watermarks();
-    assert!(
-        watermarks.values().all(|w| w == "verified" || w == "unsigned"),
-        "no node's signed watermarks are refused: {watermarks:?}"
-    );
+    assert!(watermarks.values().all(|w| w == "verified"), "every node signs its watermarks: {watermarks:?}");
     assert!(page.dom.contains("节点 <span class=\"en\">Nodes</span>"), "labels in Chinese with English");
     assert!(page.body().get("data-state").is_some_and(|s| s == "ready"), "{:?}", page.body());
     eprintln!(
@@ -229,6 +237,17 @@ async fn the_dashboard_shows_an_origin_going_down_and_catching_up() {
         page.chart_points("lag-chart"),
         page.lag_into(STOPPED)
     );
+
+    // The two-way assessment: both sides' figures of every pair, here the notices of the
+    // quarter counted alike at both ends once the channels are caught up.
+    let pair = format!("410103007-{STOPPED}");
+    let notice = (pair.clone(), "notice_timeliness".to_owned());
+    let (page, waited) = wait_for_page(&url, "both sides' notice figures of a pair, agreeing", |p| {
+        p.assessment().get(&notice).is_some_and(|(d, o, disagree)| !d.is_empty() && d == o && !disagree)
+    })
+    .await;
+    eprintln!("assessment within {waited:.1?}: {:?}", page.assessment().get(&notice));
+    assert!(page.dom.contains("双向考核 <span class=\"en\">Two-way assessment</span>"));
 
     ready.control.stop_node(STOPPED).await.expect("the origin stops cleanly");
     let total = |p: &Page| p.lag_into(STOPPED).values().sum::<u64>();
@@ -242,6 +261,11 @@ async fn the_dashboard_shows_an_origin_going_down_and_catching_up() {
         wait_for_page(&url, "the lag into the stopped origin growing", |p| total(p) >= first + 3).await;
     eprintln!("lag into {STOPPED} grew to {} within {waited:.1?}: {:?}", total(&grown), grown.lag_into(STOPPED));
     assert!(grown.node_states().values().filter(|s| *s == "up").count() == divisions.len() - 1, "the others stay up");
+    let (flagged, _) = wait_for_page(&url, "the stopped origin's side missing and flagged", |p| {
+        p.assessment().get(&notice).is_some_and(|(d, o, disagree)| !d.is_empty() && o.is_empty() && *disagree)
+    })
+    .await;
+    eprintln!("while {STOPPED} is down: {:?}", flagged.assessment().get(&notice));
     screenshot(&url, "dashboard.png").await;
 
     ready.control.start_node(STOPPED).await.expect("the origin restarts");
