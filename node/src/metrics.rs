@@ -95,6 +95,12 @@ pub fn render(status: &pb::StatusResponse) -> String {
         "Envelopes consumed without effect because the sender was not allowed to send them.",
         inbound(&|c| c.refused as f64),
     );
+    family(
+        "ldx_certificates_refused_total",
+        "counter",
+        "Certificate queries answered without a certificate (she is unknown here), each with its reason.",
+        vec![(String::new(), status.certificates_refused as f64)],
+    );
     out
 }
 

@@ -59,6 +59,8 @@ struct Writer {
     out: HashMap<String, OutChannel>,
     /// Index of the last message-log entry.
     log_head: u64,
+    /// Certificate queries answered without a certificate, as committed.
+    certificates_refused: u64,
 }
 
 #[derive(Debug)]
@@ -84,7 +86,8 @@ impl Registry {
         let audit = store.audit_head()?;
         let out = store.out_channels()?.into_iter().collect();
         let log_head = store.log_head()?;
-        let writer = Mutex::new(Writer { audit, out, log_head });
+        let certificates_refused = store.certificates_refused()?;
+        let writer = Mutex::new(Writer { audit, out, log_head, certificates_refused });
         Ok(Self { store, data_key, salt, clock, division, writer, exchange: None, reports: None })
     }
 

@@ -209,7 +209,7 @@ pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
         println!(
             "{}",
             json!({
-                "division": s.division, "directory_version": s.directory_version,
+                "division": s.division, "directory_version": s.directory_version, "certificates_refused": s.certificates_refused,
                 "directory_fetched_ms": s.directory_fetched_ms, "now_ms": s.now_ms,
                 "outbound": out, "inbound": inb,
             })

@@ -140,6 +140,7 @@ impl MonitorService {
             now_ms: now,
             outbound,
             inbound,
+            certificates_refused: self.registry.certificates_refused(),
             watermarks,
         })
     }

@@ -441,11 +441,14 @@ impl Registry {
     ) -> Result<(), Fail> {
         let today = self.clock.today();
         let answer = match self.txn_person(txn, key)?.filter(|r| r.role == pb::Role::Origin as i32) {
-            None => pb::CertificateAnswer {
-                status: pb::CertificateStatus::UnknownPerson as i32,
-                reason: format!("the origin node {} holds no record of her", self.division),
-                ..Default::default()
-            },
+            None => {
+                txn.certificate_refused();
+                pb::CertificateAnswer {
+                    status: pb::CertificateStatus::UnknownPerson as i32,
+                    reason: format!("the origin node {} holds no record of her", self.division),
+                    ..Default::default()
+                }
+            }
             Some(mut record) => {
                 let mut secret = self.open(key, &record)?;
                 let sync = record.sync.get_or_insert_with(SyncRecord::default);

@@ -309,3 +309,34 @@ fn personal_data_in_the_outbox_is_sealed() {
     assert!(!sealed.windows(name.len()).any(|w| w == name));
     assert!(!sealed.windows(18).any(|w| w == id(1).as_bytes()));
 }
+
+#[test]
+fn a_query_about_someone_the_origin_does_not_know_is_answered_with_a_reason_and_counted() {
+    let (dest, origin) = (node(DEST), node(ORIGIN));
+    let key = dest.registry.salt.person_key(&id(7));
+    {
+        let mut writer = dest.registry.lock();
+        let mut txn = sync::Txn::new(dest.store.batch());
+        let query = pb::CertificateQuery { issue: true, answer_due: "2026-11-30".into() };
+        dest.registry.enqueue(&writer, &mut txn, ORIGIN, &key, ldx_proto::v1::envelope::Body::CertificateQuery(query));
+        dest.registry.commit_txn(&mut writer, txn).unwrap();
+    }
+    assert_eq!(deliver(&dest, &origin).applied, 1);
+    assert_eq!(origin.registry.certificates_refused(), 1);
+    let answers = pending(&origin, DEST);
+    let Some(ldx_proto::v1::envelope::Body::CertificateAnswer(answer)) = &answers[0].1.body else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(answer.status, pb::CertificateStatus::UnknownPerson as i32);
+    assert!(answer.reason.contains("holds no record of her"), "{}", answer.reason);
+    // The count is stored with the answer: it survives a restart.
+    let reopened = Registry::new(
+        origin.store.clone(),
+        DataKey::from_bytes(&[3; 32]),
+        FederationSalt::from_bytes([4; 32]),
+        Arc::new(ManualClock::new("2026-11-23T02:00:00Z".parse().unwrap())),
+        Division::parse("division", ORIGIN).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reopened.certificates_refused(), 1);
+}

@@ -83,6 +83,7 @@ pub(super) struct Txn<'a> {
     log: Vec<LogRecord>,
     audit: Vec<(String, Option<PersonKey>)>,
     wake: BTreeSet<String>,
+    certificates_refused: u64,
 }
 
 impl<'a> Txn<'a> {
@@ -94,6 +95,7 @@ impl<'a> Txn<'a> {
             log: Vec::new(),
             audit: Vec::new(),
             wake: BTreeSet::new(),
+            certificates_refused: 0,
         }
     }
 
@@ -113,6 +115,11 @@ impl<'a> Txn<'a> {
 
     pub fn log_at(&mut self, mark: usize, record: LogRecord) {
         self.log.insert(mark, record);
+    }
+
+    /// Counts a certificate query answered without a certificate.
+    pub fn certificate_refused(&mut self) {
+        self.certificates_refused += 1;
     }
 
     pub fn put_person(&mut self, key: &PersonKey, record: PersonRecord) {
@@ -229,9 +236,14 @@ impl Registry {
         for (peer, state) in &txn.out {
             txn.batch.put_out_channel(peer, state);
         }
+        let certificates_refused = writer.certificates_refused + txn.certificates_refused;
+        if txn.certificates_refused > 0 {
+            txn.batch.put_certificates_refused(certificates_refused);
+        }
         txn.batch.commit()?;
         writer.audit = audit;
         writer.log_head = log_head;
+        writer.certificates_refused = certificates_refused;
         writer.out.extend(txn.out);
         if let Some(hooks) = &self.exchange {
             for peer in txn.wake {
@@ -239,6 +251,11 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Certificate queries this node answered without a certificate, as committed.
+    pub fn certificates_refused(&self) -> u64 {
+        self.lock().certificates_refused
     }
 
     /// Every channel this node sends on, as of the last commit.

@@ -84,12 +84,21 @@ impl Store {
 
     /// Index of the last message-log entry (0 when the log is empty).
     pub fn log_head(&self) -> Result<u64, StorageError> {
-        match self.meta(MetaKey::LogHead)? {
+        self.meta_u64(MetaKey::LogHead, "log head")
+    }
+
+    /// How many certificate queries this node answered without a certificate.
+    pub fn certificates_refused(&self) -> Result<u64, StorageError> {
+        self.meta_u64(MetaKey::CertificatesRefused, "certificates refused")
+    }
+
+    fn meta_u64(&self, key: MetaKey, what: &'static str) -> Result<u64, StorageError> {
+        match self.meta(key)? {
             None => Ok(0),
             Some(v) => Ok(u64::from_be_bytes(
                 v.as_slice()
                     .try_into()
-                    .map_err(|_| StorageError::Corrupt { what: "log head", detail: format!("{} bytes", v.len()) })?,
+                    .map_err(|_| StorageError::Corrupt { what, detail: format!("{} bytes", v.len()) })?,
             )),
         }
     }
@@ -210,6 +219,10 @@ impl Batch<'_> {
     pub fn put_log(&mut self, index: u64, record: &LogRecord) {
         self.inner.put_cf(self.store.cf(cf::LOG), LogKey(index).encode(), codec::encode(record));
         self.inner.put_cf(self.store.cf(cf::META), MetaKey::LogHead.encode(), index.to_be_bytes());
+    }
+
+    pub fn put_certificates_refused(&mut self, count: u64) {
+        self.inner.put_cf(self.store.cf(cf::META), MetaKey::CertificatesRefused.encode(), count.to_be_bytes());
     }
 
     pub fn put_due(&mut self, key: &DueKey, item: &DueItem) {

@@ -20,6 +20,8 @@ mod kind {
     pub const DIRECTORY: u8 = 0x04;
     /// `meta`: index of the last message-log entry.
     pub const LOG_HEAD: u8 = 0x05;
+    /// `meta`: how many certificate queries this node answered without a certificate.
+    pub const CERTIFICATES_REFUSED: u8 = 0x06;
     /// `outbox`: an envelope waiting for the peer's ack.
     pub const OUTBOX_ENVELOPE: u8 = 0x01;
     /// `channels`: state of a channel this node sends on.
@@ -371,6 +373,7 @@ pub enum MetaKey {
     NodeDivision,
     Directory,
     LogHead,
+    CertificatesRefused,
 }
 
 impl MetaKey {
@@ -381,6 +384,7 @@ impl MetaKey {
             Self::NodeDivision => kind::NODE_DIVISION,
             Self::Directory => kind::DIRECTORY,
             Self::LogHead => kind::LOG_HEAD,
+            Self::CertificatesRefused => kind::CERTIFICATES_REFUSED,
         }]
     }
 }
@@ -472,9 +476,15 @@ mod tests {
 
     #[test]
     fn meta_keys_are_distinct() {
-        let all =
-            [MetaKey::SchemaVersion, MetaKey::AuditHead, MetaKey::NodeDivision, MetaKey::Directory, MetaKey::LogHead]
-                .map(|k| k.encode());
+        let all = [
+            MetaKey::SchemaVersion,
+            MetaKey::AuditHead,
+            MetaKey::NodeDivision,
+            MetaKey::Directory,
+            MetaKey::LogHead,
+            MetaKey::CertificatesRefused,
+        ]
+        .map(|k| k.encode());
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);
