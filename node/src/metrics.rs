@@ -1,7 +1,9 @@
 //! Prometheus `/metrics` of a node: the replication figures of `ldx.v1.Monitor` (exact
-//! per-channel lag) in the text exposition format, over a minimal HTTP/1.1 listener.
+//! per-channel lag, refusals) and the verification outcomes of service reports, in the
+//! text exposition format, over a minimal HTTP/1.1 listener.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use ldx_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::grpc::monitor::MonitorService;
+use crate::registry::{Registry, ReportCount};
 
 /// Largest request head read before answering.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -104,8 +107,35 @@ pub fn render(status: &pb::StatusResponse) -> String {
     out
 }
 
+/// Verification outcomes in Prometheus text: reports by side, status and reject reason.
+pub fn render_reports(node: &str, counts: &[ReportCount]) -> String {
+    let mut out = String::from(
+        "# HELP ldx_reports Service reports at this node: issued here or received for verification, by status and reject reason.\n\
+         # TYPE ldx_reports gauge\n",
+    );
+    for c in counts {
+        let side = if c.issued_here { "issued" } else { "received" };
+        let status = c.status.as_str_name().trim_start_matches("REPORT_STATUS_").to_ascii_lowercase();
+        let reason = match c.reason {
+            pb::RejectReason::Unspecified => String::new(),
+            r => r.as_str_name().trim_start_matches("REJECT_REASON_").to_ascii_lowercase(),
+        };
+        let _ = writeln!(
+            out,
+            "ldx_reports{{node=\"{node}\",side=\"{side}\",status=\"{status}\",reason=\"{reason}\"}} {}",
+            c.count
+        );
+    }
+    out
+}
+
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, monitor: MonitorService, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    monitor: MonitorService,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (mut stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -117,7 +147,7 @@ pub async fn serve(listener: TcpListener, monitor: MonitorService, mut stop: wat
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let monitor = monitor.clone();
+        let (monitor, registry) = (monitor.clone(), registry.clone());
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
@@ -129,8 +159,13 @@ pub async fn serve(listener: TcpListener, monitor: MonitorService, mut stop: wat
             }
             let first_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
             let (code, content_type, body) = if first_line.starts_with(b"GET /metrics ") {
-                match tokio::task::spawn_blocking(move || monitor.status_report()).await {
-                    Ok(Ok(status)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&status)),
+                let scrape = move || {
+                    let status = monitor.status_report().ok()?;
+                    let reports = registry.report_counts().ok()?;
+                    Some(render(&status) + &render_reports(&status.division, &reports))
+                };
+                match tokio::task::spawn_blocking(scrape).await {
+                    Ok(Some(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
                     _ => ("500 Internal Server Error", "text/plain", "status unavailable; see the node's log\n".into()),
                 }
             } else {
@@ -143,6 +178,41 @@ pub async fn serve(listener: TcpListener, monitor: MonitorService, mut stop: wat
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    #[test]
+    fn verification_outcomes_are_labelled_by_side_status_and_reason() {
+        let counts = [
+            ReportCount {
+                issued_here: false,
+                status: pb::ReportStatus::Qualified,
+                reason: pb::RejectReason::Unspecified,
+                count: 7,
+            },
+            ReportCount {
+                issued_here: true,
+                status: pb::ReportStatus::Rejected,
+                reason: pb::RejectReason::PhotoMismatch,
+                count: 2,
+            },
+        ];
+        let text = render_reports("411421", &counts);
+        assert!(text.contains("# TYPE ldx_reports gauge"), "{text}");
+        assert!(
+            text.contains("ldx_reports{node=\"411421\",side=\"received\",status=\"qualified\",reason=\"\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ldx_reports{node=\"411421\",side=\"issued\",status=\"rejected\",reason=\"photo_mismatch\"} 2"
+            ),
+            "{text}"
+        );
     }
 }
 

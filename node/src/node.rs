@@ -171,7 +171,7 @@ pub async fn run_with_peer(
             listener.local_addr().map_err(|source| NodeError::Io { what: "metrics listener".into(), source })?;
         write_atomically(&config.metrics_addr_file(), &format!("{bound}\n"))?;
         tracing::info!(metrics = %bound, "serving /metrics");
-        tokio::spawn(crate::metrics::serve(listener, monitor.clone(), stop_rx.clone()));
+        tokio::spawn(crate::metrics::serve(listener, monitor.clone(), registry.clone(), stop_rx.clone()));
     }
 
     let reflection_v1 = reflection_builder().build_v1()?;

@@ -25,7 +25,7 @@ mod work;
 
 pub use apply::{ApplyError, ApplyOutcome};
 pub use assessment::indicator;
-pub use reports::{KeyLookup, ReportHooks};
+pub use reports::{KeyLookup, ReportCount, ReportHooks};
 use sync::Txn;
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
 

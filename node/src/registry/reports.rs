@@ -44,6 +44,15 @@ impl std::fmt::Debug for ReportHooks {
 
 const SHA256_HEX: usize = 64;
 
+/// How many reports a node holds in one state (see [`Registry::report_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportCount {
+    pub issued_here: bool,
+    pub status: pb::ReportStatus,
+    pub reason: pb::RejectReason,
+    pub count: u64,
+}
+
 /// How the origin's automatic checks end.
 enum Check {
     Qualified,
@@ -531,6 +540,24 @@ impl Registry {
         txn.batch.put_report(&report_key, &stored);
         txn.audit("apply_report_verdict", Some(key));
         Ok(())
+    }
+
+    /// Verification outcomes: how many reports this node holds, by whether it issued them,
+    /// status and reject reason.
+    pub fn report_counts(&self) -> Result<Vec<ReportCount>, RegistryError> {
+        let mut counts: std::collections::BTreeMap<(bool, i32, i32), u64> = std::collections::BTreeMap::new();
+        for (_, stored) in self.store.reports()? {
+            *counts.entry((stored.issued_here, stored.status, stored.reason)).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((issued_here, status, reason), count)| ReportCount {
+                issued_here,
+                status: pb::ReportStatus::try_from(status).unwrap_or_default(),
+                reason: pb::RejectReason::try_from(reason).unwrap_or_default(),
+                count,
+            })
+            .collect())
     }
 
     fn seal_report(&self, key: &ReportKey, report: &pb::ServiceReport) -> Vec<u8> {
