@@ -13,9 +13,10 @@ use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use chrono::{Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Timelike, Utc};
 use ldx_proto::identity::{self, KeyFileError, PublicKey, SignKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -135,8 +136,44 @@ pub fn init(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// Issues the TLS certificate and signing key of `division`'s node, signed by the CA in
-/// `dir`. Refuses to overwrite an existing node directory.
+/// `dir` and valid from today for two years. Refuses to overwrite an existing node
+/// directory.
 pub fn issue(dir: &Path, division: &str) -> Result<IssuedNode, PkiError> {
+    issue_node(dir, division, |params| set_validity(params, NODE_YEARS))
+}
+
+/// Issues `division`'s node as [`issue`] does, but with a certificate valid from
+/// `not_before` to `not_after` (UTC, in whole seconds as X.509 records them) instead of
+/// from today for two years.
+///
+/// For tests that need an expired or not-yet-valid certificate of the federation CA, and
+/// for operators who deliberately back-date a certificate or issue one with a validity of
+/// their choosing when renewing. The window is taken as given: it may lie wholly in the
+/// past or the future.
+pub fn issue_with_validity(
+    dir: &Path,
+    division: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<IssuedNode, PkiError> {
+    let not_before = validity_bound("not_before", not_before)?;
+    let not_after = validity_bound("not_after", not_after)?;
+    if not_after <= not_before {
+        return Err(PkiError::Invalid {
+            field: "not_after",
+            value: not_after.to_rfc3339(),
+            rule: "must be later than not_before",
+        });
+    }
+    issue_node(dir, division, |params| set_window(params, not_before, not_after))
+}
+
+/// What [`issue`] does, with the validity that `validity` writes into the certificate.
+fn issue_node(
+    dir: &Path,
+    division: &str,
+    validity: impl FnOnce(&mut CertificateParams),
+) -> Result<IssuedNode, PkiError> {
     validate_division("division", division)?;
     let issuer = load_issuer(dir)?;
     let node = node_dir(dir, division);
@@ -156,7 +193,7 @@ pub fn issue(dir: &Path, division: &str) -> Result<IssuedNode, PkiError> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, NODE_YEARS);
+    validity(&mut params);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|source| PkiError::Generate { what: format!("the certificate of {division}"), source })?;
@@ -349,10 +386,37 @@ fn set_validity(params: &mut CertificateParams, years: i32) {
     let end = NaiveDate::from_ymd_opt(today.year() + years, today.month(), today.day())
         .or_else(|| NaiveDate::from_ymd_opt(today.year() + years, today.month(), 28))
         .expect("day 28 exists in every month");
-    // Month and day come from a valid date, so they fit in u8.
-    let midnight = |d: NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
-    params.not_before = midnight(today);
-    params.not_after = midnight(end);
+    set_window(params, today.and_time(NaiveTime::MIN).and_utc(), end.and_time(NaiveTime::MIN).and_utc());
+}
+
+/// Sets the validity to `not_before..=not_after`, to the second. Both must lie within the
+/// years 1 to 9999 (as [`validity_bound`] ensures).
+fn set_window(params: &mut CertificateParams, not_before: DateTime<Utc>, not_after: DateTime<Utc>) {
+    // rcgen takes `time` date-times without re-exporting the crate: build them from the
+    // calendar date it can make and the seconds since midnight.
+    let at = |t: DateTime<Utc>| {
+        // Month and day come from a valid date, so they fit in u8.
+        rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
+            + Duration::from_secs(u64::from(t.num_seconds_from_midnight()))
+    };
+    params.not_before = at(not_before);
+    params.not_after = at(not_after);
+}
+
+/// `time` rounded down to the second, or refused if a certificate cannot hold it
+/// (GeneralizedTime has four digits for the year).
+fn validity_bound(field: &'static str, time: SystemTime) -> Result<DateTime<Utc>, PkiError> {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok(),
+        // Before 1970 too, a fraction of a second rounds down.
+        Err(before) => {
+            let before = before.duration();
+            i64::try_from(before.as_secs()).ok().map(|s| -s - i64::from(before.subsec_nanos() > 0))
+        }
+    };
+    secs.and_then(|secs| DateTime::from_timestamp(secs, 0)).filter(|t| (1..=9999).contains(&t.year())).ok_or_else(
+        || PkiError::Invalid { field, value: format!("{time:?}"), rule: "must lie within the years 1 to 9999" },
+    )
 }
 
 fn read_to_string(path: &Path) -> Result<String, PkiError> {
@@ -483,6 +547,74 @@ mod tests {
         assert!(err.contains("cannot read") && err.contains(CA_KEY), "{err}");
     }
 
+    /// The DER of an X.509 `Validity`: two UTCTimes (`YYMMDDHHMMSSZ`) or GeneralizedTimes
+    /// (`YYYYMMDDHHMMSSZ`).
+    fn validity_der(not_before: &str, not_after: &str) -> Vec<u8> {
+        let time = |text: &str| {
+            let tag = if text.len() == 13 { 0x17 } else { 0x18 };
+            [&[tag, text.len() as u8][..], text.as_bytes()].concat()
+        };
+        let body = [time(not_before), time(not_after)].concat();
+        [&[0x30, body.len() as u8][..], &body].concat()
+    }
+
+    fn utc(rfc3339: &str) -> SystemTime {
+        DateTime::parse_from_rfc3339(rfc3339).unwrap().into()
+    }
+
+    #[test]
+    fn issue_with_validity_writes_the_window_asked_for() {
+        let temp = new_pki();
+        let dir = temp.path();
+        let expired =
+            issue_with_validity(dir, "410103007", utc("2020-01-01T00:00:00Z"), utc("2021-01-01T00:00:00Z")).unwrap();
+        let der = read_cert_der(&expired.cert_path).unwrap();
+        assert!(contains(&der, &validity_der("200101000000Z", "210101000000Z")), "{der:02x?}");
+        // Otherwise what `issue` makes: the same files, names and issuer.
+        assert_eq!(expired.dir, node_dir(dir, "410103007"));
+        assert_eq!(identity::cert_fingerprint(&der), expired.cert_sha256);
+        assert_eq!(PublicKey::load(&expired.signing_pub_path).unwrap(), expired.signing_pub);
+        assert!(read_to_string(&expired.key_path).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(contains(&der, b"ldx://division/410103007") && contains(&der, b"410103007.division.ldx"));
+        assert!(contains(&der, CA_COMMON_NAME.as_bytes()), "the issuer name is in the node certificate");
+
+        // Seconds are kept and fractions dropped, before 1970 too; from 2050 on, X.509
+        // wants a GeneralizedTime.
+        let odd =
+            issue_with_validity(dir, "411421", utc("1969-07-20T20:17:40.5Z"), utc("2050-01-01T00:00:01.999Z")).unwrap();
+        let der = read_cert_der(&odd.cert_path).unwrap();
+        assert!(contains(&der, &validity_der("690720201740Z", "20500101000001Z")), "{der:02x?}");
+
+        let today = read_cert_der(&issue(dir, "410103003").unwrap().cert_path).unwrap();
+        let midnight = Utc::now().date_naive().format("%y%m%d000000Z").to_string();
+        assert!(contains(&today, midnight.as_bytes()), "issue still starts at midnight today");
+    }
+
+    #[test]
+    fn issue_with_validity_refuses_a_window_no_certificate_can_hold() {
+        let temp = new_pki();
+        let start = utc("2020-01-01T00:00:00Z");
+        let refused = |not_before, not_after| {
+            let err = issue_with_validity(temp.path(), "410103007", not_before, not_after).unwrap_err();
+            assert!(matches!(err, PkiError::Invalid { .. }), "{err:?}");
+            err.to_string()
+        };
+        let err = refused(start, start);
+        assert_eq!(err, r#"not_after: "2020-01-01T00:00:00+00:00" must be later than not_before"#);
+        // The same second once the fraction is dropped.
+        let err = refused(start, start + Duration::from_millis(999));
+        assert!(err.ends_with("must be later than not_before"), "{err}");
+        let err = refused(utc("2021-01-01T00:00:00Z"), start);
+        assert!(err.ends_with("must be later than not_before"), "{err}");
+        let year_10000 = utc("9999-12-31T23:59:59Z") + Duration::from_secs(1);
+        let err = refused(start, year_10000);
+        assert!(err.starts_with("not_after: ") && err.ends_with("must lie within the years 1 to 9999"), "{err}");
+        let year_0 = UNIX_EPOCH - Duration::from_secs(62_135_596_801);
+        let err = refused(year_0, start);
+        assert!(err.starts_with("not_before: ") && err.ends_with("must lie within the years 1 to 9999"), "{err}");
+        assert!(!temp.path().join(NODES_DIR).exists(), "nothing is written for a refused window");
+    }
+
     #[test]
     fn pem_certificates_decode() {
         assert_eq!(base64_decode(""), Some(vec![]));
@@ -567,5 +699,26 @@ mod tests {
         // And a client trusting another CA does not accept the server.
         let foreign_ca = read_to_string(&foreign.path().join(CA_CERT)).unwrap();
         assert!(check_health(port, &stranger, &foreign_ca, "410103007").await.is_err());
+    }
+
+    /// Mutual TLS refuses a certificate with an expired validity before it looks for the
+    /// issuer, so expiry alone cannot show that a back-dated certificate chains to the CA:
+    /// the same certificate is first used while valid, then again once expired.
+    #[tokio::test]
+    async fn a_certificate_issued_with_validity_chains_to_the_ca_until_it_expires() {
+        let temp = new_pki();
+        let ca = read_to_string(&temp.path().join(CA_CERT)).unwrap();
+        let now = SystemTime::now();
+        let ends = now + Duration::from_secs(4);
+        let short = issue_with_validity(temp.path(), "410103007", now - Duration::from_secs(86_400), ends).unwrap();
+        let client = pem(&issue(temp.path(), "411421").unwrap());
+        let (port, _stop) = serve_health(&pem(&short), &ca).await;
+        assert_eq!(check_health(port, &client, &ca, "410103007").await, Ok(ServingStatus::Serving));
+
+        // Waiting for the wall clock, which TLS reads, to pass the end of the validity.
+        let after = ends + Duration::from_secs(1);
+        tokio::time::sleep(after.duration_since(SystemTime::now()).unwrap_or_default()).await;
+        let err = check_health(port, &client, &ca, "410103007").await.unwrap_err();
+        assert!(err.contains("Expired"), "{err}");
     }
 }

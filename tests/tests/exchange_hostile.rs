@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use chrono::TimeZone;
 use ldx_node::crypto::FederationSalt;
 use ldx_proto::chain::{Head, envelope_hash};
 use ldx_proto::identity::SignKey;
@@ -505,19 +506,23 @@ async fn a_certificate_for_another_division_cannot_send_as_it() {
 }
 
 /// A certificate the federation CA issued, presented after it expired, is refused by the
-/// TLS handshake. The same certificate re-signed by the CA with a current validity passes
-/// the handshake (and is then refused as not in the directory), so the expiry is what the
-/// handshake refuses.
+/// TLS handshake. The same CA's certificate for the same division with a current validity
+/// passes the handshake (and is then refused as not in the directory), so the expiry is
+/// what the handshake refuses.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_certificate_is_turned_away() {
     let s = setup().await;
-    let node = ldx_gateway::pki::node_dir(&s.pki, SENDER);
-    let der = ldx_gateway::pki::read_cert_der(&node.join("node.crt")).unwrap();
-    let ca = p256::CaKey::load(&s.pki.join("ca.key"));
     let key = sender_key(&s.pki);
-    let try_with = async |validity: (&[u8; 13], &[u8; 13])| {
-        let cert = ca.resign(&der, validity.0, validity.1);
-        let identity = Identity::from_pem(pem("CERTIFICATE", &cert), std::fs::read(node.join("node.key")).unwrap());
+    let try_with = async |name: &str, not_before: SystemTime, not_after: SystemTime| {
+        // The PKI directory already holds the sender's node: issue into a copy of the CA.
+        let ca = s.pki.with_file_name(name);
+        std::fs::create_dir(&ca).unwrap();
+        for file in [ldx_gateway::pki::CA_CERT, ldx_gateway::pki::CA_KEY] {
+            std::fs::copy(s.pki.join(file), ca.join(file)).unwrap();
+        }
+        let node = ldx_gateway::pki::issue_with_validity(&ca, SENDER, not_before, not_after).unwrap();
+        let identity =
+            Identity::from_pem(std::fs::read(&node.cert_path).unwrap(), std::fs::read(&node.key_path).unwrap());
         match s.client_with(identity).await {
             Err(e) => e,
             Ok(mut client) => match exchange(&mut client, signed(s.chain(0, &[], 1), &key)).await {
@@ -527,12 +532,14 @@ async fn an_expired_certificate_is_turned_away() {
         }
     };
 
-    let current = try_with((b"250101000000Z", b"491231235959Z")).await;
-    eprintln!("re-signed, current validity: {current}");
+    let day = Duration::from_secs(86_400);
+    let current = try_with("current-ca", SystemTime::now() - day, SystemTime::now() + 365 * day).await;
+    eprintln!("issued with a current validity: {current}");
     assert!(current.contains("PermissionDenied") && current.contains("is not listed in directory"), "{current}");
 
-    let expired = try_with((b"200101000000Z", b"210101000000Z")).await;
-    eprintln!("re-signed, expired on 2021-01-01: {expired}");
+    let utc = |y, m, d| SystemTime::from(chrono::Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap());
+    let expired = try_with("expired-ca", utc(2020, 1, 1), utc(2021, 1, 1)).await;
+    eprintln!("issued expiring on 2021-01-01: {expired}");
     assert!(!expired.contains("PermissionDenied"), "the expired certificate passed the TLS handshake: {expired}");
     // Refused below gRPC: the connection ends during or right after the handshake (how the
     // client sees that, alert or closed stream, depends on timing).
@@ -720,325 +727,4 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut body = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            body.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    let lines: Vec<_> = body.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-}
-
-/// Just enough ECDSA P-256 to issue a certificate with the federation CA's key in a test:
-/// the PKI issues certificates valid from today only, and this crate has no certificate
-/// library of its own. Slow and not constant-time; test use only.
-mod p256 {
-    use ldx_proto::chain::envelope_hash as sha256;
-
-    /// 256-bit unsigned integers, little-endian 64-bit limbs.
-    type U256 = [u64; 4];
-
-    const P: U256 = be("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
-    const N: U256 = be("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
-    const B: U256 = be("5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
-    const GX: U256 = be("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296");
-    const GY: U256 = be("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
-
-    const fn be(hex: &str) -> U256 {
-        let h = hex.as_bytes();
-        let mut out = [0u64; 4];
-        let mut i = 0;
-        while i < 64 {
-            let c = h[i];
-            let v = if c >= b'a' { c - b'a' + 10 } else { c - b'0' } as u64;
-            out[3 - i / 16] |= v << (4 * (15 - i % 16));
-            i += 1;
-        }
-        out
-    }
-
-    fn from_bytes(b: &[u8]) -> U256 {
-        let mut out = [0u64; 4];
-        for (i, byte) in b.iter().rev().enumerate() {
-            out[i / 8] |= u64::from(*byte) << (8 * (i % 8));
-        }
-        out
-    }
-
-    fn to_bytes(a: &U256) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for i in 0..32 {
-            out[31 - i] = (a[i / 8] >> (8 * (i % 8))) as u8;
-        }
-        out
-    }
-
-    fn ge(a: &U256, b: &U256) -> bool {
-        (0..4).rev().find(|&i| a[i] != b[i]).is_none_or(|i| a[i] > b[i])
-    }
-
-    fn sub(a: &U256, b: &U256) -> (U256, bool) {
-        let mut out = [0u64; 4];
-        let mut borrow = false;
-        for i in 0..4 {
-            let (d, b1) = a[i].overflowing_sub(b[i]);
-            let (d, b2) = d.overflowing_sub(u64::from(borrow));
-            out[i] = d;
-            borrow = b1 || b2;
-        }
-        (out, borrow)
-    }
-
-    fn add(a: &U256, b: &U256) -> (U256, bool) {
-        let mut out = [0u64; 4];
-        let mut carry = false;
-        for i in 0..4 {
-            let (d, c1) = a[i].overflowing_add(b[i]);
-            let (d, c2) = d.overflowing_add(u64::from(carry));
-            out[i] = d;
-            carry = c1 || c2;
-        }
-        (out, carry)
-    }
-
-    fn add_mod(a: &U256, b: &U256, m: &U256) -> U256 {
-        let (s, carry) = add(a, b);
-        if carry || ge(&s, m) { sub(&s, m).0 } else { s }
-    }
-
-    fn sub_mod(a: &U256, b: &U256, m: &U256) -> U256 {
-        let (d, borrow) = sub(a, b);
-        if borrow { add(&d, m).0 } else { d }
-    }
-
-    fn mul_mod(a: &U256, b: &U256, m: &U256) -> U256 {
-        let mut wide = [0u64; 8];
-        for i in 0..4 {
-            let mut carry = 0u128;
-            for j in 0..4 {
-                let t = u128::from(a[i]) * u128::from(b[j]) + u128::from(wide[i + j]) + carry;
-                wide[i + j] = t as u64;
-                carry = t >> 64;
-            }
-            wide[i + 4] = carry as u64;
-        }
-        // Shift-and-subtract, one bit at a time from the top.
-        let mut r = [0u64; 4];
-        for bit in (0..512).rev() {
-            let top = r[3] >> 63 == 1;
-            r = [
-                r[0] << 1 | wide[bit / 64] >> (bit % 64) & 1,
-                r[1] << 1 | r[0] >> 63,
-                r[2] << 1 | r[1] >> 63,
-                r[3] << 1 | r[2] >> 63,
-            ];
-            if top || ge(&r, m) {
-                r = sub(&r, m).0;
-            }
-        }
-        r
-    }
-
-    fn pow_mod(a: &U256, e: &U256, m: &U256) -> U256 {
-        let mut r = [1, 0, 0, 0];
-        for bit in (0..256).rev() {
-            r = mul_mod(&r, &r, m);
-            if e[bit / 64] >> (bit % 64) & 1 == 1 {
-                r = mul_mod(&r, a, m);
-            }
-        }
-        r
-    }
-
-    fn inv_mod(a: &U256, m: &U256) -> U256 {
-        pow_mod(a, &sub(m, &[2, 0, 0, 0]).0, m)
-    }
-
-    fn is_zero(a: &U256) -> bool {
-        a.iter().all(|&l| l == 0)
-    }
-
-    /// A point in Jacobian coordinates; `z == 0` is the point at infinity.
-    #[derive(Clone, Copy)]
-    struct Point {
-        x: U256,
-        y: U256,
-        z: U256,
-    }
-
-    fn double(p: &Point) -> Point {
-        if is_zero(&p.z) || is_zero(&p.y) {
-            return Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] };
-        }
-        let m = |a: &U256, b: &U256| mul_mod(a, b, &P);
-        let a = |x: &U256, y: &U256| add_mod(x, y, &P);
-        let s = |x: &U256, y: &U256| sub_mod(x, y, &P);
-        let delta = m(&p.z, &p.z);
-        let gamma = m(&p.y, &p.y);
-        let beta = m(&p.x, &gamma);
-        let t = m(&s(&p.x, &delta), &a(&p.x, &delta));
-        let alpha = a(&a(&t, &t), &t);
-        let beta4 = a(&a(&beta, &beta), &a(&beta, &beta));
-        let x3 = s(&m(&alpha, &alpha), &a(&beta4, &beta4));
-        let yz = a(&p.y, &p.z);
-        let z3 = s(&s(&m(&yz, &yz), &gamma), &delta);
-        let g2 = m(&gamma, &gamma);
-        let g8 = a(&a(&a(&g2, &g2), &a(&g2, &g2)), &a(&a(&g2, &g2), &a(&g2, &g2)));
-        let y3 = s(&m(&alpha, &s(&beta4, &x3)), &g8);
-        Point { x: x3, y: y3, z: z3 }
-    }
-
-    /// `p + (x2, y2)` with the second point affine.
-    fn add_affine(p: &Point, x2: &U256, y2: &U256) -> Point {
-        if is_zero(&p.z) {
-            return Point { x: *x2, y: *y2, z: [1, 0, 0, 0] };
-        }
-        let m = |a: &U256, b: &U256| mul_mod(a, b, &P);
-        let a = |x: &U256, y: &U256| add_mod(x, y, &P);
-        let s = |x: &U256, y: &U256| sub_mod(x, y, &P);
-        let z1z1 = m(&p.z, &p.z);
-        let u2 = m(x2, &z1z1);
-        let s2 = m(&m(y2, &p.z), &z1z1);
-        let h = s(&u2, &p.x);
-        let r = s(&s2, &p.y);
-        if is_zero(&h) {
-            return if is_zero(&r) { double(p) } else { Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] } };
-        }
-        let hh = m(&h, &h);
-        let i = a(&a(&hh, &hh), &a(&hh, &hh));
-        let j = m(&h, &i);
-        let r = a(&r, &r);
-        let v = m(&p.x, &i);
-        let x3 = s(&s(&m(&r, &r), &j), &a(&v, &v));
-        let y1j = m(&p.y, &j);
-        let y3 = s(&m(&r, &s(&v, &x3)), &a(&y1j, &y1j));
-        let zh = a(&p.z, &h);
-        let z3 = s(&s(&m(&zh, &zh), &z1z1), &hh);
-        Point { x: x3, y: y3, z: z3 }
-    }
-
-    /// `k·G` in affine coordinates.
-    fn base_mul(k: &U256) -> (U256, U256) {
-        let mut acc = Point { x: [0; 4], y: [1, 0, 0, 0], z: [0; 4] };
-        for bit in (0..256).rev() {
-            acc = double(&acc);
-            if k[bit / 64] >> (bit % 64) & 1 == 1 {
-                acc = add_affine(&acc, &GX, &GY);
-            }
-        }
-        let zi = inv_mod(&acc.z, &P);
-        let zi2 = mul_mod(&zi, &zi, &P);
-        (mul_mod(&acc.x, &zi2, &P), mul_mod(&acc.y, &mul_mod(&zi2, &zi, &P), &P))
-    }
-
-    /// A DER length.
-    fn len(n: usize) -> Vec<u8> {
-        match n {
-            0..=0x7f => vec![n as u8],
-            0x80..=0xff => vec![0x81, n as u8],
-            _ => vec![0x82, (n >> 8) as u8, n as u8],
-        }
-    }
-
-    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend(len(body.len()));
-        out.extend_from_slice(body);
-        out
-    }
-
-    /// The element starting at `at`: (header length, total length).
-    fn element(der: &[u8], at: usize) -> (usize, usize) {
-        match der[at + 1] {
-            n @ 0..=0x7f => (2, 2 + n as usize),
-            0x81 => (3, 3 + der[at + 2] as usize),
-            0x82 => (4, 4 + ((der[at + 2] as usize) << 8 | der[at + 3] as usize)),
-            other => panic!("DER length form {other:#x} not supported"),
-        }
-    }
-
-    fn der_integer(a: &U256) -> Vec<u8> {
-        let bytes = to_bytes(a);
-        let mut body: Vec<u8> = bytes.iter().copied().skip_while(|&b| b == 0).collect();
-        if body.first().is_none_or(|b| b & 0x80 != 0) {
-            body.insert(0, 0);
-        }
-        tlv(0x02, &body)
-    }
-
-    /// The federation CA's ECDSA P-256 private key.
-    pub struct CaKey {
-        d: U256,
-    }
-
-    impl CaKey {
-        /// Reads the PKCS#8 `ca.key` and checks the key against the public point it holds.
-        pub fn load(path: &std::path::Path) -> Self {
-            let pem = std::fs::read_to_string(path).unwrap().replace("PRIVATE KEY-----", "CERTIFICATE-----");
-            let der = ldx_gateway::pki::first_certificate_der(&pem).expect("a PEM key");
-            let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("an EC private key") + 5;
-            let d = from_bytes(&der[at..at + 32]);
-            let public = der.windows(4).position(|w| w == [0x03, 0x42, 0x00, 0x04]).expect("the public point") + 4;
-            let (x, y) = base_mul(&d);
-            assert_eq!(
-                (to_bytes(&x).as_slice(), to_bytes(&y).as_slice()),
-                (&der[public..public + 32], &der[public + 32..public + 64]),
-                "P-256 arithmetic is wrong"
-            );
-            Self { d }
-        }
-
-        fn sign(&self, message: &[u8]) -> (U256, U256) {
-            let z = from_bytes(&sha256(message));
-            let z = if ge(&z, &N) { sub(&z, &N).0 } else { z };
-            for counter in 0u8.. {
-                let mut seed = to_bytes(&self.d).to_vec();
-                seed.extend_from_slice(&to_bytes(&z));
-                seed.push(counter);
-                let k = from_bytes(&sha256(&seed));
-                if is_zero(&k) || ge(&k, &N) {
-                    continue;
-                }
-                let (x, _) = base_mul(&k);
-                let r = if ge(&x, &N) { sub(&x, &N).0 } else { x };
-                let s = mul_mod(&inv_mod(&k, &N), &add_mod(&z, &mul_mod(&r, &self.d, &N), &N), &N);
-                if !is_zero(&r) && !is_zero(&s) {
-                    return (r, s);
-                }
-            }
-            unreachable!("a nonce is found")
-        }
-
-        /// `cert` (DER, issued by this CA) with its validity period replaced
-        /// (UTCTime `YYMMDDHHMMSSZ`) and signed again.
-        pub fn resign(&self, cert: &[u8], not_before: &[u8; 13], not_after: &[u8; 13]) -> Vec<u8> {
-            let (outer_header, _) = element(cert, 0);
-            let (_, tbs_len) = element(cert, outer_header);
-            let mut tbs = cert[outer_header..outer_header + tbs_len].to_vec();
-            let (_, alg_len) = element(cert, outer_header + tbs_len);
-            let algorithm = &cert[outer_header + tbs_len..outer_header + tbs_len + alg_len];
-            // Validity: a SEQUENCE (30 bytes) of two UTCTimes (13 bytes each).
-            let at = tbs.windows(4).position(|w| w == [0x30, 0x1e, 0x17, 0x0d]).expect("a UTCTime validity");
-            tbs[at + 4..at + 17].copy_from_slice(not_before);
-            tbs[at + 19..at + 32].copy_from_slice(not_after);
-            let (r, s) = self.sign(&tbs);
-            let mut signature = vec![0];
-            signature.extend(tlv(0x30, &[der_integer(&r), der_integer(&s)].concat()));
-            tlv(0x30, &[tbs, algorithm.to_vec(), tlv(0x03, &signature)].concat())
-        }
-    }
-
-    #[test]
-    fn the_generator_is_on_the_curve() {
-        let x3 = mul_mod(&mul_mod(&GX, &GX, &P), &GX, &P);
-        let three_x = add_mod(&add_mod(&GX, &GX, &P), &GX, &P);
-        let rhs = add_mod(&sub_mod(&x3, &three_x, &P), &B, &P);
-        assert_eq!(mul_mod(&GY, &GY, &P), rhs);
-    }
 }
