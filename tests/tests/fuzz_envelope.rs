@@ -1,7 +1,7 @@
 //! Fuzzing the wire: arbitrary and mutated bytes through envelope decoding, and mutated
-//! batches through the receiving path: in process (the receiver's checks as the node makes
-//! them, the head signature, and `Registry::apply_batch` on a real RocksDB store), and over
-//! mutual TLS against a real node process. Nothing may panic, every bad input must be
+//! batches through the receiving path: in process (the receiver's own checks,
+//! `verify_batch`, head signature included, and `Registry::apply_batch` on a real RocksDB
+//! store), and over mutual TLS against a real node process. Nothing may panic, every bad input must be
 //! rejected with an error that leaves the channel as it was, and whatever is accepted
 //! must continue the hash chain exactly.
 //!
@@ -19,11 +19,12 @@ use ldx_node::clock::ManualClock;
 use ldx_node::config::DeadlineConfig;
 use ldx_node::crypto::{DataKey, FederationSalt};
 use ldx_node::domain::Division;
-use ldx_node::exchange::MAX_ENVELOPE_BYTES;
+use ldx_node::exchange::receiver::verify_batch;
 use ldx_node::registry::{ApplyError, ExchangeHooks, Registry, Router};
 use ldx_node::storage::Store;
 use ldx_proto::chain::{Head, envelope_hash};
-use ldx_proto::identity::{PublicKey, SignKey};
+use ldx_proto::directory::Directory;
+use ldx_proto::identity::SignKey;
 use ldx_proto::v1::{self as pb, envelope::Body};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -277,30 +278,22 @@ fn receiver() -> Receiver {
     }
 }
 
-/// The receiver's checks before anything is applied (as `ldx.v1.Exchange.Sync` makes
-/// them for the TLS-identified sender): sizes, decoding, sender and addressee of every
-/// envelope, and the sender's signature over the head the batch ends at.
-fn verify(batch: pb::SyncBatch, key: &PublicKey) -> Result<Vec<(Vec<u8>, pb::Envelope)>, String> {
-    if batch.envelopes.is_empty() {
-        return Err("batch holds no envelopes".into());
-    }
-    let mut envelopes = Vec::new();
-    for (i, bytes) in batch.envelopes.into_iter().enumerate() {
-        if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(format!("envelope {i} over the limit"));
-        }
-        let envelope = pb::Envelope::decode(bytes.as_slice()).map_err(|e| format!("envelope {i}: {e}"))?;
-        if envelope.from != SENDER || envelope.to != RECEIVER {
-            return Err(format!("envelope {i}: channel {} -> {}", envelope.from, envelope.to));
-        }
-        envelopes.push((bytes, envelope));
-    }
-    let (bytes, last) = envelopes.last().expect("non-empty");
-    let hash = envelope_hash(bytes);
-    Head { from: SENDER, to: RECEIVER, seq: last.seq, hash: &hash }
-        .verify(key, &batch.head_signature)
-        .map_err(|e| format!("head signature: {e}"))?;
-    Ok(envelopes)
+/// The directory the receiver checks batches against: it lists the sender's and the other
+/// node's signing keys.
+fn directory(keys: &Keys) -> Directory {
+    let federation = SignKey::generate();
+    let entry = |division: &str, n: u8, key: &SignKey| pb::DirectoryEntry {
+        division: division.into(),
+        endpoint: "https://127.0.0.1:9".into(),
+        tls_cert_sha256: vec![n; 32],
+        signing_key: key.public().to_bytes().to_vec(),
+    };
+    let body = pb::DirectoryBody {
+        version: 1,
+        issued_at_ms: 1,
+        entries: vec![entry(SENDER, 1, &keys.sender), entry(OTHER, 2, &keys.other)],
+    };
+    Directory::verify(ldx_proto::directory::sign(&body, &federation), &federation.public()).unwrap()
 }
 
 /// Who signs the head of a fuzzed batch.
@@ -490,11 +483,12 @@ fn mutated_batches_never_corrupt_the_channel() {
     let salt = FederationSalt::from_bytes(SALT);
     let applied = AtomicU64::new(0);
     let rejected = AtomicU64::new(0);
+    let directory = directory(&r.keys);
     fuzz("verify and apply mutated batches", cases("APPLY"), plan(), |plan| {
         let before = r.registry.inbound(SENDER, RECEIVER).unwrap();
         let Built { batch, changed } = build(&plan, before.applied_seq, &before.last_hash, &salt, &r.keys);
 
-        let outcome = verify(batch, &r.keys.sender.public()).map(|envelopes| {
+        let outcome = verify_batch(&directory, SENDER, RECEIVER, batch).map(|envelopes| {
             let result = r.registry.apply_batch(SENDER, RECEIVER, &envelopes);
             (envelopes, result)
         });
@@ -586,6 +580,7 @@ async fn mutated_batches_over_mutual_tls_never_corrupt_the_channel() -> anyhow::
         other: SignKey::load(&ldx_gateway::pki::node_dir(pki, RECEIVER).join(ldx_gateway::pki::SIGNING_KEY))?,
     };
     let salt = FederationSalt::load(&pki.join(ldx_gateway::pki::FEDERATION_SALT))?;
+    let directory = directory(&keys);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(pki.join(ldx_gateway::pki::CA_CERT))?))
         .identity(Identity::from_pem(
@@ -626,7 +621,7 @@ async fn mutated_batches_over_mutual_tls_never_corrupt_the_channel() -> anyhow::
                     "the channel moved unseen"
                 );
                 let Built { batch, changed } = build(&plan, hello.last_applied_seq, &hello.last_hash, &salt, &keys);
-                let accept = verify(batch.clone(), &keys.sender.public())
+                let accept = verify_batch(&directory, SENDER, RECEIVER, batch.clone())
                     .is_ok_and(|envelopes| continues(hello.last_applied_seq, &hello.last_hash, &envelopes));
                 let count = batch.envelopes.len() as u64;
                 let last = envelope_hash(batch.envelopes.last().unwrap()).to_vec();

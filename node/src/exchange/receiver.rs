@@ -80,9 +80,21 @@ fn identify<T>(request: &Request<T>, directory: Option<Arc<Directory>>, own: &Di
     Ok(Channel { from, to, directory })
 }
 
-/// Checks a batch before anything in it is applied: sizes, decoding, sender and
-/// addressee of every envelope, and the signature over the head it ends at.
-fn verify(channel: &Channel, batch: pb::SyncBatch) -> Result<Vec<(Vec<u8>, pb::Envelope)>, Status> {
+/// Checks a batch received on channel `from -> to` before anything in it is applied:
+/// sizes, decoding, sender and addressee of every envelope, and `from`'s signature (its
+/// key as `directory` lists it) over the head the batch ends at.
+///
+/// `from` must be the sender as its TLS certificate identifies it, and `to` the division
+/// the stream is addressed to (within this node's). On success, each envelope's bytes
+/// (what the chain hashes) with its decoded form, in order; otherwise the status
+/// `ldx.v1.Exchange.Sync` answers with. Whether the batch continues the channel's chain
+/// is not checked here but when it is applied.
+pub fn verify_batch(
+    directory: &Directory,
+    from: &str,
+    to: &str,
+    batch: pb::SyncBatch,
+) -> Result<Vec<(Vec<u8>, pb::Envelope)>, Status> {
     if batch.envelopes.is_empty() {
         return Err(Status::invalid_argument("batch holds no envelopes"));
     }
@@ -96,39 +108,32 @@ fn verify(channel: &Channel, batch: pb::SyncBatch) -> Result<Vec<(Vec<u8>, pb::E
         }
         let envelope = pb::Envelope::decode(bytes.as_slice())
             .map_err(|e| Status::invalid_argument(format!("envelope {i} of the batch is not a valid Envelope: {e}")))?;
-        if envelope.from != channel.from {
+        if envelope.from != from {
             return Err(Status::permission_denied(format!(
-                "envelope seq {}: from {:?} is not the sender's TLS identity {}",
-                envelope.seq, envelope.from, channel.from
+                "envelope seq {}: from {:?} is not the sender's TLS identity {from}",
+                envelope.seq, envelope.from
             )));
         }
-        if envelope.to != channel.to {
+        if envelope.to != to {
             return Err(Status::invalid_argument(format!(
-                "envelope seq {}: to {:?} is not this channel's {}",
-                envelope.seq, envelope.to, channel.to
+                "envelope seq {}: to {:?} is not this channel's {to}",
+                envelope.seq, envelope.to
             )));
         }
         envelopes.push((bytes, envelope));
     }
     let (last_bytes, last) = envelopes.last().expect("non-empty");
-    let key = channel.directory.signing_key(&channel.from).ok_or_else(|| {
-        Status::permission_denied(format!(
-            "directory version {} lists no signing key for {}",
-            channel.directory.version(),
-            channel.from
-        ))
+    let key = directory.signing_key(from).ok_or_else(|| {
+        Status::permission_denied(format!("directory version {} lists no signing key for {from}", directory.version()))
     })?;
     let hash = envelope_hash(last_bytes);
-    Head { from: &channel.from, to: &channel.to, seq: last.seq, hash: &hash }
-        .verify(&key, &batch.head_signature)
-        .map_err(|e| {
-            Status::unauthenticated(format!(
-                "head signature of seq {}: {e} against {}'s key in directory version {}",
-                last.seq,
-                channel.from,
-                channel.directory.version()
-            ))
-        })?;
+    Head { from, to, seq: last.seq, hash: &hash }.verify(&key, &batch.head_signature).map_err(|e| {
+        Status::unauthenticated(format!(
+            "head signature of seq {}: {e} against {from}'s key in directory version {}",
+            last.seq,
+            directory.version()
+        ))
+    })?;
     Ok(envelopes)
 }
 
@@ -199,7 +204,7 @@ impl exchange_server::Exchange for ExchangeService {
                         return;
                     }
                 };
-                let outcome = match verify(&channel, batch) {
+                let outcome = match verify_batch(&channel.directory, &channel.from, &channel.to, batch) {
                     Ok(envelopes) => {
                         let registry = registry.clone();
                         let (from, to) = (channel.from.clone(), channel.to.clone());
@@ -231,5 +236,108 @@ impl exchange_server::Exchange for ExchangeService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ldx_proto::identity::SignKey;
+    use ldx_proto::v1::{DirectoryBody, DirectoryEntry};
+    use tonic::Code;
+
+    use super::*;
+
+    const FROM: &str = "410103007";
+    const TO: &str = "411421";
+
+    /// A directory listing the sender with `key`, and the receiver.
+    fn directory(key: &SignKey) -> Directory {
+        let federation = SignKey::generate();
+        let entry = |division: &str, n: u8, key: &SignKey| DirectoryEntry {
+            division: division.into(),
+            endpoint: "https://127.0.0.1:9".into(),
+            tls_cert_sha256: vec![n; 32],
+            signing_key: key.public().to_bytes().to_vec(),
+        };
+        let body = DirectoryBody {
+            version: 7,
+            issued_at_ms: 1,
+            entries: vec![entry(FROM, 1, key), entry(TO, 2, &SignKey::generate())],
+        };
+        Directory::verify(ldx_proto::directory::sign(&body, &federation), &federation.public()).unwrap()
+    }
+
+    fn envelope(seq: u64) -> pb::Envelope {
+        pb::Envelope { from: FROM.into(), to: TO.into(), seq, ..Default::default() }
+    }
+
+    /// `envelopes` with the head over the last signed by `key` as channel `FROM -> TO`.
+    fn batch(envelopes: Vec<Vec<u8>>, key: &SignKey) -> pb::SyncBatch {
+        let last =
+            envelopes.last().map(|b| (pb::Envelope::decode(b.as_slice()).map_or(0, |e| e.seq), envelope_hash(b)));
+        let head_signature =
+            last.map(|(seq, hash)| Head { from: FROM, to: TO, seq, hash: &hash }.sign(key)).unwrap_or_default();
+        pb::SyncBatch { envelopes, head_signature }
+    }
+
+    #[test]
+    fn a_signed_batch_of_the_channel_passes_with_its_bytes() {
+        let key = SignKey::generate();
+        let sent: Vec<_> = (1..=3).map(|seq| envelope(seq).encode_to_vec()).collect();
+        let checked = verify_batch(&directory(&key), FROM, TO, batch(sent.clone(), &key)).unwrap();
+        assert_eq!(checked, sent.iter().zip(1..).map(|(b, seq)| (b.clone(), envelope(seq))).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_rule_is_answered_with_its_status() {
+        let key = SignKey::generate();
+        let directory = directory(&key);
+        let one = |e: pb::Envelope| vec![e.encode_to_vec()];
+        let changed = |f: fn(&mut pb::Envelope)| {
+            let mut e = envelope(1);
+            f(&mut e);
+            e
+        };
+        // The signature covers the last envelope's bytes, not only its sequence number.
+        let mut resent = batch(one(envelope(1)), &key);
+        resent.envelopes = one(changed(|e| e.created_at_ms = 5));
+        let cases = [
+            (batch(vec![], &key), Code::InvalidArgument, "batch holds no envelopes".to_owned()),
+            (
+                batch(vec![vec![0; MAX_ENVELOPE_BYTES + 1]], &key),
+                Code::InvalidArgument,
+                format!("envelope 0 of the batch is 65537 bytes, over the limit of {MAX_ENVELOPE_BYTES}"),
+            ),
+            (
+                batch(vec![envelope(1).encode_to_vec(), vec![0xff]], &key),
+                Code::InvalidArgument,
+                "envelope 1 of the batch is not a valid Envelope: ".into(),
+            ),
+            (
+                batch(one(changed(|e| e.from = TO.into())), &key),
+                Code::PermissionDenied,
+                format!("envelope seq 1: from \"{TO}\" is not the sender's TLS identity {FROM}"),
+            ),
+            (
+                batch(one(changed(|e| e.to = "411723".into())), &key),
+                Code::InvalidArgument,
+                format!("envelope seq 1: to \"411723\" is not this channel's {TO}"),
+            ),
+            (batch(one(envelope(1)), &SignKey::generate()), Code::Unauthenticated, "head signature of seq 1: ".into()),
+            (resent, Code::Unauthenticated, format!("against {FROM}'s key in directory version 7")),
+        ];
+        for (batch, code, words) in cases {
+            let status = verify_batch(&directory, FROM, TO, batch).unwrap_err();
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(&words), "{:?} does not say {words:?}", status.message());
+        }
+
+        // A sender the directory lists no key for, on its own channel.
+        let unlisted = "410103008";
+        let mut e = envelope(1);
+        e.from = unlisted.into();
+        let status = verify_batch(&directory, unlisted, TO, batch(one(e), &key)).unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(status.message(), "directory version 7 lists no signing key for 410103008");
     }
 }
