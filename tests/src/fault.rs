@@ -608,16 +608,7 @@ async fn load_client(
             }
             match client.as_mut().expect("connected").register_move_in(request.clone()).await {
                 Ok(_) => break,
-                Err(status)
-                    if Instant::now() < give_up
-                        && matches!(
-                            status.code(),
-                            tonic::Code::Unavailable
-                                | tonic::Code::Unknown
-                                | tonic::Code::Cancelled
-                                | tonic::Code::Internal
-                        ) =>
-                {
+                Err(status) if Instant::now() < give_up && crate::transient(&status) => {
                     attempts += 1;
                     client = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;

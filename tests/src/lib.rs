@@ -175,6 +175,15 @@ async fn serving(endpoint: &str) -> bool {
     serving_service(endpoint, ldx_proto::service_names::REGISTRY).await
 }
 
+/// Whether a staff call failed only because its node was stopped, killed or restarting
+/// mid-request, so the same call is worth repeating.
+pub fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+    )
+}
+
 /// Whether the gRPC health check of `service` at `endpoint` (plain HTTP/2) says SERVING.
 pub async fn serving_service(endpoint: &str, service: &str) -> bool {
     let Ok(channel) = Channel::from_shared(endpoint.to_owned()) else { return false };

@@ -434,17 +434,7 @@ async fn load_worker(
                     load.retried += u64::from(attempts > 0);
                     break;
                 }
-                Err(status)
-                    if retry
-                        && attempts < 2_000
-                        && matches!(
-                            status.code(),
-                            tonic::Code::Unavailable
-                                | tonic::Code::Unknown
-                                | tonic::Code::Cancelled
-                                | tonic::Code::Internal
-                        ) =>
-                {
+                Err(status) if retry && attempts < 2_000 && ldx_tests::transient(&status) => {
                     attempts += 1;
                     client = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -354,6 +354,20 @@ impl Registry {
             person.updated_at_ms = self.clock.now().timestamp_millis();
             txn.put_person(&report_key.person, person);
         }
+        let verdict = self.signed_verdict(hooks, report, qualified, reason, detail);
+        self.enqueue(writer, txn, &stored.peer, &report_key.person, Body::ReportVerdict(verdict));
+        Ok(())
+    }
+
+    /// The verdict on `report`, dated today and signed by this node.
+    fn signed_verdict(
+        &self,
+        hooks: &ReportHooks,
+        report: &pb::ServiceReport,
+        qualified: bool,
+        reason: pb::RejectReason,
+        detail: String,
+    ) -> pb::ReportVerdict {
         let mut verdict = pb::ReportVerdict {
             report_id: report.report_id.clone(),
             period: report.period.clone(),
@@ -361,12 +375,11 @@ impl Registry {
             qualified,
             reason: reason as i32,
             detail,
-            decided_on: today.to_string(),
+            decided_on: self.clock.today().to_string(),
             signature: Vec::new(),
         };
         ldx_proto::report::sign_verdict(&mut verdict, &hooks.signer);
-        self.enqueue(writer, txn, &stored.peer, &report_key.person, Body::ReportVerdict(verdict));
-        Ok(())
+        verdict
     }
 
     /// At her origin: a report arrived. The envelope always takes effect: a report that
@@ -413,17 +426,7 @@ impl Registry {
                     Check::Rejected(reason, detail) => (reason, detail),
                     _ => (pb::RejectReason::DuplicatePeriod, format!("{} was received before", r.report_id)),
                 };
-                let mut verdict = pb::ReportVerdict {
-                    report_id: r.report_id.clone(),
-                    period: r.period.clone(),
-                    verifier: self.division.as_str().to_owned(),
-                    qualified: false,
-                    reason: reason as i32,
-                    detail,
-                    decided_on: today.to_string(),
-                    signature: Vec::new(),
-                };
-                ldx_proto::report::sign_verdict(&mut verdict, &hooks.signer);
+                let verdict = self.signed_verdict(hooks, r, false, reason, detail);
                 self.enqueue(writer, txn, from, key, Body::ReportVerdict(verdict));
             }
         }

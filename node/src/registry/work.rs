@@ -15,7 +15,7 @@ use crate::clock::from_day_number;
 use crate::crypto::PersonKey;
 use crate::domain::{InvalidField, Period};
 use crate::storage::keys::ReportKey;
-use crate::storage::records::{PersonRecord, ReportRecord};
+use crate::storage::records::{PersonRecord, PersonSecret, ReportRecord};
 
 /// Default horizon of a worklist.
 pub const HORIZON_DAYS: u32 = 31;
@@ -92,10 +92,10 @@ impl Registry {
         let mut writer = self.lock();
         for item in self.store.persons_after(None) {
             let (key, record) = item?;
-            let id = self.open(&key, &record)?.id_number;
+            let secret = self.open(&key, &record)?;
             let mine = reports.get(&key).map(Vec::as_slice).unwrap_or_default();
-            self.person_work(&mut list, &key, &record, &id, mine);
-            ids.insert(key, id);
+            self.person_work(&mut list, &key, &record, &secret, mine);
+            ids.insert(key, secret.id_number);
         }
         for (key, records) in &reports {
             for (report_key, stored) in records {
@@ -154,12 +154,12 @@ impl Registry {
         list: &mut List,
         key: &PersonKey,
         record: &PersonRecord,
-        id: &str,
+        secret: &PersonSecret,
         reports: &[(ReportKey, ReportRecord)],
     ) {
         let deadlines = self.deadlines();
         let today = list.today;
-        let base = pb::WorkItem { id_number: id.to_owned(), ..Default::default() };
+        let base = pb::WorkItem { id_number: secret.id_number.clone(), ..Default::default() };
         let active = record.status == pb::PersonStatus::Active as i32;
         let moved_in = from_day_number(record.move_in_day);
         let sync = record.sync.clone().unwrap_or_default();
@@ -174,7 +174,6 @@ impl Registry {
         if record.role != pb::Role::Residence as i32 || !active {
             return;
         }
-        let Ok(secret) = self.open(key, record) else { return };
         let served = |from: NaiveDate, to: NaiveDate| {
             secret.services.iter().any(|s| (from..=to).contains(&from_day_number(s.day)))
         };
