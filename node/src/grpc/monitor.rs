@@ -142,6 +142,7 @@ impl MonitorService {
             inbound,
             certificates_refused: self.registry.certificates_refused(),
             watermarks,
+            ..Default::default()
         })
     }
 }
