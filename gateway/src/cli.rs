@@ -115,6 +115,14 @@ pub enum PkiCommand {
         /// Division code of the node: 6 digits (county) or 9 (street office or township).
         #[arg(long)]
         division: String,
+        /// Also write everything the node needs into this one file (mode 0600), for
+        /// `ldx-node init --division CODE --join FILE` at the node.
+        #[arg(long, value_name = "FILE", requires = "gateway")]
+        bundle: Option<PathBuf>,
+        /// The directory address the node is to poll, written into the bundle, e.g.
+        /// http://10.0.0.1:7300.
+        #[arg(long, value_name = "URL", requires = "bundle")]
+        gateway: Option<String>,
     },
 }
 
@@ -258,13 +266,24 @@ fn print_ready(ready: &demo::DemoReady) {
     }
     if let Some(first) = nodes.first() {
         println!();
+        let node_cli = node_binary();
         println!("try, in another terminal:");
-        println!("  cargo run -p ldx-node -- status --config {}", first.config.display());
-        println!("  cargo run -p ldx-node -- person list --config {}", first.config.display());
+        if !node_cli.exists() {
+            println!("  cargo build -p ldx-node    # once; it writes {}", node_cli.display());
+        }
+        println!("  {} status --config {}", node_cli.display(), first.config.display());
+        println!("  {} person list --config {}", node_cli.display(), first.config.display());
         println!("  grpcurl -plaintext {} list", first.api);
     }
     println!();
     println!("demo federation ready; Ctrl-C stops it");
+}
+
+/// Where `ldx-node` is, or will be once built: beside this binary (both are built into one
+/// target directory), so the hints the demo prints start no further build.
+fn node_binary() -> PathBuf {
+    let name = format!("ldx-node{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe().map_or_else(|_| PathBuf::from(&name), |exe| exe.with_file_name(&name))
 }
 
 /// The `/metrics` and dashboard flags of `run`.
@@ -340,14 +359,24 @@ fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
             );
             println!("next: ldx-gateway pki issue --pki {} --division CODE", pki.dir.display());
         }
-        PkiCommand::Issue { pki, division } => {
-            let issued = pki::issue(&pki.dir, &division)?;
+        PkiCommand::Issue { pki, division, bundle, gateway } => {
+            let issued = match (&bundle, &gateway) {
+                (Some(bundle), Some(gateway)) => pki::issue_with_bundle(&pki.dir, &division, bundle, gateway)?,
+                _ => pki::issue(&pki.dir, &division)?,
+            };
             println!("issued {division} into {}", issued.dir.display());
             println!("  certificate  {}", issued.cert_path.display());
             println!("  tls key      {}", issued.key_path.display());
             println!("  signing key  {}", issued.signing_key_path.display());
             println!("  cert sha256  {}", hex::encode(issued.cert_sha256));
             println!("  signing pub  {}", issued.signing_pub);
+            if let Some(bundle) = &bundle {
+                println!(
+                    "  join bundle  {} (holds private keys: hand it over safely, then delete it)",
+                    bundle.display()
+                );
+                println!("at the node: ldx-node init --division {division} --join {}", bundle.display());
+            }
             println!();
             println!(
                 "next: ldx-gateway directory add --pki {} --division {division} --endpoint https://HOST:PORT",

@@ -60,6 +60,8 @@ pub enum PkiError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Salt(#[from] ldx_node::crypto::KeyError),
+    #[error(transparent)]
+    Join(#[from] ldx_node::join::JoinError),
     #[error("generating {what}: {source}")]
     Generate { what: String, source: rcgen::Error },
 }
@@ -140,6 +142,38 @@ pub fn init(dir: &Path) -> Result<(), PkiError> {
 /// directory.
 pub fn issue(dir: &Path, division: &str) -> Result<IssuedNode, PkiError> {
     issue_node(dir, division, |params| set_validity(params, NODE_YEARS))
+}
+
+/// Issues `division`'s node as [`issue`] does and writes its join bundle to `bundle` (mode
+/// 0600): the node's certificate and keys, the CA certificate, the federation's public key
+/// and salt, and `gateway`, the directory address the node is to poll. Everything is
+/// checked first; if the bundle cannot be written, the node just issued is removed again.
+pub fn issue_with_bundle(dir: &Path, division: &str, bundle: &Path, gateway: &str) -> Result<IssuedNode, PkiError> {
+    ldx_node::join::check_gateway(gateway)?;
+    if bundle.exists() {
+        return Err(PkiError::Exists { path: bundle.display().to_string(), what: "join bundle" });
+    }
+    let issued = issue(dir, division)?;
+    let written = (|| {
+        let joined = ldx_node::join::JoinBundle {
+            format: ldx_node::join::FORMAT.to_owned(),
+            division: division.to_owned(),
+            gateway: gateway.to_owned(),
+            ca_cert: read_to_string(&dir.join(CA_CERT))?,
+            node_cert: read_to_string(&issued.cert_path)?,
+            node_key: read_to_string(&issued.key_path)?,
+            signing_key: read_to_string(&issued.signing_key_path)?,
+            federation_pub: read_to_string(&dir.join(FEDERATION_PUB))?,
+            federation_salt: read_to_string(&dir.join(FEDERATION_SALT))?,
+        };
+        joined.write_new(bundle)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&issued.dir);
+        return Err(e);
+    }
+    Ok(issued)
 }
 
 /// Issues `division`'s node as [`issue`] does, but with a certificate valid from

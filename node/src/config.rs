@@ -334,8 +334,10 @@ impl Default for LogConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    /// The I/O error is part of the message, not a separate cause, so a printed error chain
+    /// names it once.
+    #[error("cannot read config file {path}: {error}{hint}")]
+    Read { path: String, error: std::io::Error, hint: &'static str },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{var}: {message}")]
@@ -349,7 +351,14 @@ impl Config {
     /// the config file's directory and validates every key.
     pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let hint = if error.kind() == std::io::ErrorKind::NotFound {
+                " (`ldx-node init --division CODE` writes one)"
+            } else {
+                ""
+            };
+            ConfigError::Read { path: shown.clone(), error, hint }
+        })?;
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.to_string() })?;
         apply_env(&mut table, env)?;
@@ -473,6 +482,12 @@ impl Config {
 
     /// A commented starter config for `ldx-node init`.
     pub fn starter(division: &Division, api_listen: &str) -> String {
+        Self::starter_joined(division, api_listen, "", "")
+    }
+
+    /// The starter config of a node that joins a federation: its peer API on `peer_listen`
+    /// and its directory from `gateway` (both empty: a node on its own).
+    pub fn starter_joined(division: &Division, api_listen: &str, peer_listen: &str, gateway: &str) -> String {
         format!(
             r#"# ldx node configuration. Every key can be overridden by an environment variable:
 # LDX_<KEY>, with sections joined by a double underscore (LDX_API__LISTEN=127.0.0.1:7401).
@@ -508,7 +523,7 @@ level = "info"
 [peer]
 # Peer API (ldx.v1.Exchange), mutual TLS only, e.g. "0.0.0.0:7302". Empty: this node
 # keeps its own records and does not sync.
-listen = ""
+listen = "{peer_listen}"
 # Files from `ldx-gateway pki issue --division {division}` and the federation CA.
 ca_file = "pki/ca.crt"
 cert_file = "pki/node.crt"
@@ -518,7 +533,7 @@ signing_key_file = "pki/signing.key"
 [directory]
 # The gateway that serves the signed directory, e.g. "http://10.0.0.1:7300". Empty: use
 # the copy cached in the data directory.
-gateway = ""
+gateway = "{gateway}"
 federation_key_file = "pki/federation.pub"
 poll_interval_ms = 5000
 

@@ -4,7 +4,10 @@
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -18,6 +21,9 @@ use crate::storage::{StorageError, Store, codec, keys::MetaKey};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node without a directory waits quietly for its first one before it warns
+/// (once): a node usually starts beside, or just before, its gateway.
+pub const FIRST_DIRECTORY_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryWatchError {
@@ -34,6 +40,8 @@ pub struct DirectoryStatus {
     pub version: u64,
     /// UTC milliseconds of the last successful Fetch from the gateway (0: never).
     pub fetched_at_ms: i64,
+    /// UTC milliseconds of the last attempt, successful or not (0: none yet).
+    pub attempted_at_ms: i64,
     /// Why the last fetch failed or was refused; empty once one succeeds.
     pub last_error: String,
 }
@@ -50,6 +58,8 @@ struct Inner {
     federation: PublicKey,
     directory: watch::Sender<Option<Arc<Directory>>>,
     status: Mutex<DirectoryStatus>,
+    /// Set once the node warned that no directory came within the grace period.
+    missing_warned: AtomicBool,
 }
 
 impl DirectoryWatch {
@@ -89,7 +99,9 @@ impl DirectoryWatch {
         }
         status.version = cached.as_ref().map_or(0, |d| d.version());
         let (directory, _) = watch::channel(cached.map(Arc::new));
-        let watch = Self { inner: Arc::new(Inner { store, federation, directory, status: Mutex::new(status) }) };
+        let inner =
+            Inner { store, federation, directory, status: Mutex::new(status), missing_warned: AtomicBool::new(false) };
+        let watch = Self { inner: Arc::new(inner) };
         if let Some(endpoint) = endpoint {
             tokio::spawn(poll_loop(watch.inner.clone(), endpoint, poll, shutdown));
         }
@@ -108,6 +120,14 @@ impl DirectoryWatch {
 
     pub fn status(&self) -> DirectoryStatus {
         self.inner.status().clone()
+    }
+
+    /// Waits for the node's first directory (returns at once if it has one). The polling
+    /// task warns, once, if it is slow to come.
+    pub async fn present(&self) {
+        let mut updates = self.subscribe();
+        // `self` holds the sender, so this cannot end before a directory is there.
+        let _ = updates.wait_for(Option::is_some).await;
     }
 }
 
@@ -131,6 +151,7 @@ async fn poll_loop(inner: Arc<Inner>, endpoint: Endpoint, poll: Duration, shutdo
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client = None;
+    let started = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -139,6 +160,17 @@ async fn poll_loop(inner: Arc<Inner>, endpoint: Endpoint, poll: Duration, shutdo
         tokio::select! {
             () = &mut shutdown => break,
             () = inner.poll_once(&endpoint, &mut client) => {}
+        }
+        if inner.directory.borrow().is_none()
+            && started.elapsed() >= FIRST_DIRECTORY_GRACE
+            && !inner.missing_warned.swap(true, Ordering::Relaxed)
+        {
+            let error = inner.status().last_error.clone();
+            tracing::warn!(
+                waited_s = FIRST_DIRECTORY_GRACE.as_secs(),
+                last_error = %error,
+                "no directory yet; channels wait for it"
+            );
         }
     }
     tracing::debug!("directory polling stopped");
@@ -151,11 +183,12 @@ impl Inner {
 
     async fn poll_once(&self, endpoint: &Endpoint, client: &mut Option<DirectoryClient<Channel>>) {
         let gateway = endpoint.uri().to_string();
+        self.status().attempted_at_ms = now_ms();
         let connected = match client {
             Some(c) => c,
             None => match endpoint.connect().await {
                 Ok(channel) => client.insert(DirectoryClient::new(channel)),
-                Err(e) => return self.failed(format!("gateway {gateway} unreachable: {}", error_chain(&e))),
+                Err(e) => return self.failed(format!("gateway {gateway} unreachable: {}", crate::error_chain(&e))),
             },
         };
         let known_version = self.directory.borrow().as_ref().map_or(0, |d| d.version());
@@ -201,24 +234,18 @@ impl Inner {
 
     /// Records a failure, logging it only when it differs from the last one, so a gateway
     /// that stays down is reported once.
+    /// Before the first directory arrives, failures are logged at debug level only; the
+    /// polling loop warns once if that takes longer than [`FIRST_DIRECTORY_GRACE`].
     fn failed(&self, error: String) {
         let mut status = self.status();
-        if status.last_error != error {
+        if status.version == 0 && !self.missing_warned.load(Ordering::Relaxed) {
+            tracing::debug!(error = %error, "no directory yet");
+            status.last_error = error;
+        } else if status.last_error != error {
             tracing::warn!(error = %error, version_in_use = status.version, "directory not updated");
             status.last_error = error;
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn now_ms() -> i64 {

@@ -78,7 +78,7 @@ async fn a_report_is_issued_verified_and_answered_through_the_cli() -> anyhow::R
     // The matching photo qualifies at once; the other waits for an operator at the origin.
     wait_until(WAIT, "both reports reach the origin", async || {
         report_state(origin, &keys[0]).is_some_and(|s| s.1 == "qualified")
-            && report_state(origin, &keys[1]).is_some_and(|s| s.1 == "awaiting verification")
+            && report_state(origin, &keys[1]).is_some_and(|s| s.1 == "awaiting-verification")
     })
     .await?;
     let work = cli_json(origin, &["work", "list"])?;

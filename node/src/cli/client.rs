@@ -1,6 +1,6 @@
 //! Staff subcommands: each is one call (or a run of pages) to the node's Registry API.
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::monitor_client::MonitorClient;
 use ldx_proto::v1::registry_client::RegistryClient;
@@ -143,6 +143,26 @@ pub(super) fn status(s: tonic::Status) -> anyhow::Error {
         | tonic::Code::FailedPrecondition => anyhow!("{}", s.message()),
         code => anyhow!("{code:?}: {}", s.message()),
     }
+}
+
+/// `ldx-node health`: the gRPC health of the whole server (service name ""), with every step
+/// bounded so a hung server fails the check instead of hanging it.
+pub(super) async fn health(args: &ClientArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let (channel, _) = tokio::time::timeout(LIMIT, connect_channel(args))
+        .await
+        .map_err(|_| anyhow!("no connection within {} s", LIMIT.as_secs()))??;
+    let answer = tokio::time::timeout(LIMIT, HealthClient::new(channel).check(HealthCheckRequest::default()))
+        .await
+        .map_err(|_| anyhow!("no health answer within {} s", LIMIT.as_secs()))?
+        .map_err(|s| anyhow!("health check failed: {:?}: {}", s.code(), s.message()))?;
+    let status = answer.into_inner().status();
+    if status != ServingStatus::Serving {
+        bail!("not serving: {}", status.as_str_name());
+    }
+    println!("SERVING");
+    Ok(())
 }
 
 /// Connects to `--endpoint`, or to the node whose config is `--config` (at the address the

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 
 use crate::config::Config;
 use crate::crypto::write_new_key_file;
 use crate::domain::Division;
+use crate::join::JoinBundle;
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -22,8 +23,16 @@ pub struct InitArgs {
     pub api_listen: String,
     /// The federation's salt file (from the district gateway's operator). Without it a new
     /// salt is generated, which only suits a node that is alone in its federation.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     pub federation_salt: Option<PathBuf>,
+    /// A join bundle from `ldx-gateway pki issue --bundle` at the district: lays out this
+    /// node's certificate, keys, the CA certificate, the federation key and salt, and fills
+    /// in the peer listener and the gateway. Delete the bundle afterwards.
+    #[arg(long, value_name = "FILE")]
+    pub join: Option<PathBuf>,
+    /// Peer API address written into the config when joining.
+    #[arg(long, default_value = "0.0.0.0:7302", requires = "join")]
+    pub peer_listen: String,
 }
 
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -31,6 +40,9 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     let config_path = args.dir.join("ldx-node.toml");
     if config_path.exists() {
         bail!("{} already exists; init never overwrites a node's files", config_path.display());
+    }
+    if let Some(bundle) = &args.join {
+        return join(args, &division, bundle, &config_path);
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let salt_path = args.dir.join("federation.salt");
@@ -49,6 +61,56 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     println!("  config:          {}", config_path.display());
     println!("  data key:        {}", args.dir.join("data.key").display());
     println!("  federation salt: {}", salt_path.display());
+    println!("start it with: ldx-node run --config {}", config_path.display());
+    Ok(())
+}
+
+/// `init --join`: the bundle's files, a fresh data key and a config that syncs. Checks
+/// everything before it writes, and removes what it wrote if a later step fails.
+fn join(args: &InitArgs, division: &Division, bundle_path: &Path, config_path: &Path) -> anyhow::Result<()> {
+    let bundle = JoinBundle::read(bundle_path)?;
+    if bundle.division != division.as_str() {
+        bail!(
+            "--division {division} but join bundle {} was issued to {}; ask the district for the bundle of {division}",
+            bundle_path.display(),
+            bundle.division
+        );
+    }
+    args.peer_listen.parse::<std::net::SocketAddr>().map_err(|_| {
+        anyhow!("--peer-listen: {:?} must be an address with a port, e.g. 0.0.0.0:7302", args.peer_listen)
+    })?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let data_key = args.dir.join("data.key");
+    if data_key.exists() {
+        bail!("{} already exists; init never overwrites a node's files", data_key.display());
+    }
+    let mut written = bundle.lay_out(&args.dir)?;
+    let result = (|| {
+        write_new_key_file(&data_key, &format!("ldx data key of node {division}: back it up apart from the data"))?;
+        written.push(data_key.clone());
+        let text = Config::starter_joined(division, &args.api_listen, &args.peer_listen, &bundle.gateway);
+        std::fs::write(config_path, text).with_context(|| format!("cannot write {}", config_path.display()))?;
+        written.push(config_path.to_path_buf());
+        // Every file the node will load, loaded now, so a bad bundle fails here and not at start.
+        let config = Config::load(config_path, std::iter::empty())?;
+        crate::crypto::FederationSalt::load(&config.federation_salt_file)?;
+        ldx_proto::identity::SignKey::load(&config.peer.signing_key_file)?;
+        ldx_proto::identity::PublicKey::load(&config.directory.federation_key_file)?;
+        crate::exchange::tls::PeerTls::load(&config.peer)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = result {
+        crate::join::remove_all(&written);
+        return Err(e.context(format!("join bundle {} not laid out", bundle_path.display())));
+    }
+    println!("node {division} ({}) joined the federation in {}", division.name(), args.dir.display());
+    println!("  config:    {} (peer API {}, gateway {})", config_path.display(), args.peer_listen, bundle.gateway);
+    println!("  data key:  {} (back it up apart from the data)", data_key.display());
+    println!("  PKI files: {}", args.dir.join("pki").display());
+    println!("delete {} now: it holds this node's private keys", bundle_path.display());
+    println!(
+        "the district adds this node to the directory: ldx-gateway directory add --division {division} --endpoint https://HOST:PORT"
+    );
     println!("start it with: ldx-node run --config {}", config_path.display());
     Ok(())
 }

@@ -85,6 +85,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Exit 0 if the node (or a gateway, at its directory address) answers gRPC health
+    /// with SERVING within 5 s, else 1: for container and service-manager health checks.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The message log: every envelope sent, applied or refused, one tab-separated line each
     /// (index, direction, peer, to, seq, kind, person key, reason).
     Log {
@@ -106,7 +112,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "LDX_CONFIG", default_value = "ldx-node.toml")]
     pub config: PathBuf,
     /// Staff API address, e.g. http://127.0.0.1:7301 (instead of --config).
-    #[arg(long, global = true, env = "LDX_ENDPOINT")]
+    #[arg(long, global = true, env = "LDX_ENDPOINT", visible_alias = "api")]
     pub endpoint: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -173,17 +179,22 @@ pub struct PersonAddArgs {
     /// 18-digit resident ID number.
     #[arg(long)]
     pub id: String,
+    /// Her name as on her ID card, at most 64 characters (sealed at rest).
     #[arg(long)]
     pub name: String,
+    /// Her phone number, at most 20 characters (sealed at rest; may be left out).
     #[arg(long, default_value = "")]
     pub phone: String,
+    /// Where she lives or works, as the seed's registration categories name it.
     #[arg(long, value_enum)]
     pub category: CategoryArg,
+    /// This node's part for her: her residence, her workplace, or her origin.
     #[arg(long, value_enum, default_value = "residence")]
     pub role: RoleArg,
     /// Division where she lives or works (defaults to this node's division).
     #[arg(long)]
     pub division: Option<String>,
+    /// Her street address in this division, at most 256 characters (sealed at rest).
     #[arg(long)]
     pub address: String,
     /// Move-in date, YYYY-MM-DD (defaults to today, China Standard Time).
@@ -342,6 +353,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,
         Command::Log { client, after, all } => client::log(&client, after, all).await,
+        Command::Health { client } => client::health(&client).await,
     }
 }
 

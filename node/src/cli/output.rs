@@ -210,7 +210,8 @@ pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
             "{}",
             json!({
                 "division": s.division, "directory_version": s.directory_version, "certificates_refused": s.certificates_refused,
-                "directory_fetched_ms": s.directory_fetched_ms, "now_ms": s.now_ms,
+                "directory_fetched_ms": s.directory_fetched_ms, "directory_attempted_ms": s.directory_attempted_ms,
+                "directory_error": s.directory_error, "now_ms": s.now_ms,
                 "outbound": out, "inbound": inb,
             })
         );
@@ -222,6 +223,12 @@ pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
         s.directory_version,
         ago(s.directory_fetched_ms, s.now_ms)
     );
+    if s.directory_attempted_ms != 0 {
+        println!("directory last asked {}", ago(s.directory_attempted_ms, s.now_ms));
+    }
+    if !s.directory_error.is_empty() {
+        println!("directory not updated: {}", s.directory_error);
+    }
     println!("\noutbound channels");
     let header = ["PEER", "HEAD", "ACKED", "PENDING", "OLDEST PENDING", "LAST CONTACT", "SENT", "LAST ERROR"];
     let rows: Vec<[String; 8]> = s

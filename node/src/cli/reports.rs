@@ -267,7 +267,7 @@ fn status_name(v: i32) -> &'static str {
     pb::ReportStatus::try_from(v).map_or("unknown", |s| match s {
         pb::ReportStatus::Unspecified => "-",
         pb::ReportStatus::Issued => "issued",
-        pb::ReportStatus::AwaitingVerification => "awaiting verification",
+        pb::ReportStatus::AwaitingVerification => "awaiting-verification",
         pb::ReportStatus::Qualified => "qualified",
         pb::ReportStatus::Rejected => "rejected",
     })

@@ -31,8 +31,8 @@ enum SessionError {
     NoDirectory,
     #[error("no node in directory version {version} serves division {peer}")]
     NoRoute { peer: String, version: u64 },
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect { endpoint: String, source: tonic::transport::Error },
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
     #[error("{0}")]
     Endpoint(String),
     #[error("peer refused: {code:?}: {message}")]
@@ -112,6 +112,13 @@ async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut 
                 _ = shutdown.changed() => return,
             }
         }
+        // Before the node's first directory there is nowhere to dial: wait for it quietly.
+        if ctx.directory.current().is_none() {
+            tokio::select! {
+                () = ctx.directory.present() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         match session(&ctx, &peer, &notify, &mut shutdown).await {
             Ok(()) => {
                 backoff = initial;
@@ -162,17 +169,20 @@ async fn session(
         .route(peer)
         .ok_or_else(|| SessionError::NoRoute { peer: peer.to_owned(), version: directory.version() })?
         .clone();
-    let endpoint = Endpoint::from_shared(entry.endpoint.clone())
+    let pinned: [u8; 32] = entry.tls_cert_sha256.as_slice().try_into().map_err(|_| {
+        SessionError::Endpoint(format!("directory entry of {} has no 32-byte certificate pin", entry.division))
+    })?;
+    let connector = ctx.tls.connector(&entry.division, pinned).map_err(SessionError::Endpoint)?;
+    let plain = super::tls::plain_endpoint(&entry.endpoint).map_err(SessionError::Endpoint)?;
+    let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| SessionError::Endpoint(format!("endpoint {:?}: {e}", entry.endpoint)))?
-        .tls_config(ctx.tls.client(&entry.division))
-        .map_err(|e| SessionError::Endpoint(format!("TLS for {}: {e}", entry.division)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| SessionError::Connect { endpoint: entry.endpoint.clone(), source })?;
+    let channel = endpoint.connect_with_connector(connector).await.map_err(|source| SessionError::Connect {
+        endpoint: entry.endpoint.clone(),
+        reason: crate::error_chain(&source),
+    })?;
     let mut client = ExchangeClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -137,6 +137,8 @@ impl MonitorService {
             division: division.to_owned(),
             directory_version: directory.version,
             directory_fetched_ms: directory.fetched_at_ms,
+            directory_attempted_ms: directory.attempted_at_ms,
+            directory_error: directory.last_error,
             now_ms: now,
             outbound,
             inbound,
