@@ -39,6 +39,8 @@ enum SessionError {
     Refused { code: tonic::Code, message: String },
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("not trusted: {0}")]
+    Untrusted(String),
     #[error("local: {0}")]
     Local(String),
 }
@@ -199,6 +201,20 @@ async fn session(
         other => return Err(SessionError::Protocol(format!("expected Hello, got {other:?}"))),
     };
     let resumed = hello.last_applied_seq;
+    let state = ctx.registry.outbound().into_iter().find(|(p, _)| p == peer).map(|(_, s)| s).unwrap_or_default();
+    if resumed > state.head_seq {
+        return Err(SessionError::Untrusted(format!(
+            "{peer} says it applied seq {resumed}, beyond this channel's head {}; nothing is trimmed",
+            state.head_seq
+        )));
+    }
+    if resumed < state.acked_seq {
+        return Err(SessionError::Untrusted(format!(
+            "{peer} says it applied seq {resumed} but acked seq {} before: it lost envelopes (restored from \
+             an old backup?); they are not in the outbox any more, so the channel waits for an operator",
+            state.acked_seq
+        )));
+    }
     let peer_owned = peer.to_owned();
     blocking(ctx, move |r| r.ack(&peer_owned, resumed).map_err(|e| e.to_string())).await?;
     ctx.stats.update(peer, |s| {
