@@ -175,6 +175,10 @@ struct NodeDoc {
     inbound: usize,
     watermarks: &'static str,
     watermarks_error: String,
+    /// Where Prometheus scrapes the node, as `/api/sd` lists it ("" when it is left out).
+    metrics_target: String,
+    /// Why the node is left out of `/api/sd` ("" when listed or not yet heard from).
+    metrics_error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -227,6 +231,11 @@ fn node_doc(division: &str, report: &NodeReport) -> NodeDoc {
         watermarks: report.watermarks.label(),
         watermarks_error: match &report.watermarks {
             Watermarks::Invalid(reason) => truncated(reason),
+            _ => String::new(),
+        },
+        metrics_target: report.metrics_target.clone().and_then(Result::ok).unwrap_or_default(),
+        metrics_error: match &report.metrics_target {
+            Some(Err(e)) => truncated(&e.to_string()),
             _ => String::new(),
         },
     }
@@ -391,7 +400,12 @@ mod tests {
         let collector = Collector::default();
         collector.replace_for_test(BTreeMap::from([(
             "411421".to_owned(),
-            NodeReport { endpoint: "https://127.0.0.1:1".into(), last_error: "down".into(), ..Default::default() },
+            NodeReport {
+                endpoint: "https://127.0.0.1:1".into(),
+                last_error: "down".into(),
+                metrics_target: Some(Err(crate::nodes::MetricsAddressError::Missing)),
+                ..Default::default()
+            },
         )]));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -408,6 +422,7 @@ mod tests {
         let (status, json) = get(addr, "/api/status").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(json.contains("\"reachable\":false") && json.contains("\"history_kept\":false"), "{json}");
+        assert!(json.contains("\"metrics_target\":\"\",\"metrics_error\":\"metrics_address: empty"), "{json}");
         let (status, json) = get(addr, "/api/history?minutes=5").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(json.contains("\"rounds\":0,\"series\":[]"), "{json}");
