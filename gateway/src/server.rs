@@ -225,4 +225,75 @@ mod tests {
         let err = run(temp.path().to_owned(), listener, std::future::pending()).await.unwrap_err().to_string();
         assert!(err.contains("federation.pub"), "{err}");
     }
+
+    /// `GET path` over plain HTTP/1.1: the head and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
+    /// A gateway on port 0 serving `pki`, its HTTP side on port 0 too.
+    async fn gateway(pki: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let options =
+            MetricsOptions { listener: http, collect_every: std::time::Duration::from_millis(50), history: None };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(run_with_metrics(
+            pki.to_owned(),
+            listener,
+            Some(options),
+            async {
+                let _ = stopped.await;
+            },
+            move |_| {
+                let _ = ready_tx.send(());
+                Ok(())
+            },
+        ));
+        ready_rx.await.unwrap();
+        (http_addr, stop)
+    }
+
+    #[tokio::test]
+    async fn service_discovery_of_an_empty_directory_is_an_empty_list() {
+        let temp = tempfile::tempdir().unwrap();
+        pki::init(temp.path()).unwrap();
+        let (addr, _stop) = gateway(temp.path()).await;
+        let (head, body) = get(addr, "/api/sd").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+        assert_eq!(body, "[]");
+    }
+
+    #[tokio::test]
+    async fn service_discovery_leaves_out_a_node_that_never_answered() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        pki::init(dir).unwrap();
+        let node = pki::issue(dir, "411421").unwrap();
+        // Nothing listens there: the node is in the directory but gives no status.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        directory::add(dir, "411421", &format!("https://{closed}"), &node.cert_path, &node.signing_pub_path).unwrap();
+        let (addr, _stop) = gateway(dir).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        // Once the collector has tried the node, the status page shows it down.
+        loop {
+            let (_, status) = get(addr, "/api/status").await;
+            if status.contains("\"reachable\":false") && !status.contains("\"last_error\":\"\"") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the collector never tried the node: {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(addr, "/api/sd").await.1, "[]");
+    }
 }
