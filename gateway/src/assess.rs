@@ -9,11 +9,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use ldx_proto::directory::Directory;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::assessment_client::AssessmentClient;
-use tonic::transport::ClientTlsConfig;
+use serde::Serialize;
+use tonic::transport::Channel;
 
-use crate::collector::{GatewayTls, connect_node};
+use crate::directory::division_name;
+use crate::nodes::Nodes;
 use crate::pki::PkiError;
 
 /// How long one node may take to answer `ldx-gateway assess`.
@@ -252,9 +255,7 @@ pub fn rollup(period: &str, statements: &[pb::AssessmentStatement], weights: &We
 }
 
 /// Asks every node of the directory in `pki_dir` for its statements of `period` over
-/// mutual TLS, giving each `timeout` to answer, and keeps those whose signature verifies
-/// against the node's key in the directory. A node that cannot be asked, or whose
-/// statement does not verify, is listed as unavailable and its side shows as missing.
+/// mutual TLS, as [`gather_from`] does, with channels opened for this one request.
 pub async fn gather(
     pki_dir: &Path,
     period: &str,
@@ -262,16 +263,32 @@ pub async fn gather(
 ) -> Result<(Vec<pb::AssessmentStatement>, Vec<(String, String)>), AssessError> {
     let directory =
         crate::directory::load(pki_dir)?.ok_or_else(|| AssessError::NoDirectory(pki_dir.display().to_string()))?;
-    let tls = GatewayTls::load(pki_dir)?;
+    let nodes = Nodes::load(pki_dir)?;
+    Ok(gather_from(&nodes, &directory, period, timeout).await)
+}
+
+/// Asks every node of `directory`, through `nodes`, for its statements of `period`, giving
+/// each `timeout` to answer, and keeps those whose signature verifies against the node's
+/// key in the directory. A node that cannot be asked, or whose statement does not verify,
+/// is listed as unavailable and its side shows as missing.
+pub async fn gather_from(
+    nodes: &Nodes,
+    directory: &Directory,
+    period: &str,
+    timeout: Duration,
+) -> (Vec<pb::AssessmentStatement>, Vec<(String, String)>) {
     let mut asks = tokio::task::JoinSet::new();
     for entry in directory.entries() {
-        let tls = tls.for_node(&entry.division);
-        let (division, endpoint, period) = (entry.division.clone(), entry.endpoint.clone(), period.to_owned());
+        let channel = nodes.channel(&entry.division, &entry.endpoint);
+        let (division, period) = (entry.division.clone(), period.to_owned());
         let signing_key = directory.signing_key(&entry.division);
         asks.spawn(async move {
-            let answer = tokio::time::timeout(timeout, ask(&endpoint, tls, &period))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+            let answer = match channel {
+                Ok(channel) => tokio::time::timeout(timeout, ask(channel, &period))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}"))),
+                Err(error) => Err(error),
+            };
             let checked = answer.and_then(|statements| {
                 let key = signing_key.ok_or("the directory has no signing key for it")?;
                 for s in &statements {
@@ -295,11 +312,10 @@ pub async fn gather(
         }
     }
     unavailable.sort();
-    Ok((statements, unavailable))
+    (statements, unavailable)
 }
 
-async fn ask(endpoint: &str, tls: ClientTlsConfig, period: &str) -> Result<Vec<pb::AssessmentStatement>, String> {
-    let channel = connect_node(endpoint, tls).await?;
+async fn ask(channel: Channel, period: &str) -> Result<Vec<pb::AssessmentStatement>, String> {
     let response = AssessmentClient::new(channel)
         .statements(pb::StatementsRequest { period: period.to_owned() })
         .await
@@ -307,57 +323,92 @@ async fn ask(endpoint: &str, tls: ClientTlsConfig, period: &str) -> Result<Vec<p
     Ok(response.into_inner().statements)
 }
 
-/// The rollup as JSON for the dashboard: pairs, scores and the nodes that gave nothing.
-/// Missed items are pseudonymous (person keys, report IDs); no name or ID number ever
-/// reaches the gateway.
-pub fn render_json(r: &Rollup) -> String {
-    use crate::dashboard::{division_name, quote};
-    let figure = |f: Option<Figure>| {
-        f.map_or_else(
-            || "null".to_owned(),
-            |f| format!("{{\"total\":{},\"on_time\":{},\"pending\":{}}}", f.total, f.on_time, f.pending),
-        )
-    };
-    let mut out = format!("{{\"period\":{},\"rows\":[", quote(&r.period));
-    for (i, row) in r.rows.iter().enumerate() {
-        let missed: Vec<String> = row.missed.iter().map(|m| quote(m)).collect();
-        let _ = write!(
-            out,
-            "{}{{\"destination\":{},\"destination_name\":{},\"origin\":{},\"origin_name\":{},\
-             \"indicator\":{},\"label\":{},\"assessed\":{},\"by_destination\":{},\"by_origin\":{},\
-             \"disagree\":{},\"missed\":[{}]}}",
-            if i == 0 { "" } else { "," },
-            quote(&row.destination),
-            quote(division_name(&row.destination)),
-            quote(&row.origin),
-            quote(division_name(&row.origin)),
-            quote(row.indicator),
-            quote(label_zh(row.indicator)),
-            quote(row.assessed.name()),
-            figure(row.by_destination),
-            figure(row.by_origin),
-            row.disagrees(),
-            missed.join(",")
-        );
+/// The rollup as the dashboard reads it: pairs, scores and the nodes that gave nothing.
+#[derive(Debug, Serialize)]
+pub struct RollupJson<'a> {
+    period: &'a str,
+    rows: Vec<RowJson<'a>>,
+    scores: Vec<ScoreJson<'a>>,
+    unavailable: Vec<UnavailableJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RowJson<'a> {
+    destination: &'a str,
+    destination_name: &'static str,
+    origin: &'a str,
+    origin_name: &'static str,
+    indicator: &'static str,
+    label: &'static str,
+    assessed: &'static str,
+    by_destination: Option<FigureJson>,
+    by_origin: Option<FigureJson>,
+    disagree: bool,
+    missed: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct FigureJson {
+    total: u64,
+    on_time: u64,
+    pending: u64,
+}
+
+impl From<Figure> for FigureJson {
+    fn from(f: Figure) -> Self {
+        Self { total: f.total, on_time: f.on_time, pending: f.pending }
     }
-    out.push_str("],\"scores\":[");
-    for (i, s) in r.scores.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{{\"node\":{},\"name\":{},\"side\":{},\"points\":{:.1}}}",
-            if i == 0 { "" } else { "," },
-            quote(&s.node),
-            quote(division_name(&s.node)),
-            quote(s.side.name()),
-            s.points
-        );
+}
+
+#[derive(Debug, Serialize)]
+struct ScoreJson<'a> {
+    node: &'a str,
+    name: &'static str,
+    side: &'static str,
+    /// Rounded to a tenth of a point, as the tables show it.
+    points: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct UnavailableJson<'a> {
+    node: &'a str,
+    why: &'a str,
+}
+
+/// The rollup as JSON for the dashboard. Missed items are pseudonymous (person keys,
+/// report IDs); no name or ID number ever reaches the gateway.
+pub fn json(r: &Rollup) -> RollupJson<'_> {
+    RollupJson {
+        period: &r.period,
+        rows: r
+            .rows
+            .iter()
+            .map(|row| RowJson {
+                destination: &row.destination,
+                destination_name: division_name(&row.destination),
+                origin: &row.origin,
+                origin_name: division_name(&row.origin),
+                indicator: row.indicator,
+                label: label_zh(row.indicator),
+                assessed: row.assessed.name(),
+                by_destination: row.by_destination.map(FigureJson::from),
+                by_origin: row.by_origin.map(FigureJson::from),
+                disagree: row.disagrees(),
+                missed: &row.missed,
+            })
+            .collect(),
+        scores: r
+            .scores
+            .iter()
+            .map(|s| ScoreJson {
+                node: &s.node,
+                name: division_name(&s.node),
+                side: s.side.name(),
+                points: (s.points * 10.0).round() / 10.0,
+            })
+            .collect(),
+        unavailable: r.unavailable.iter().map(|(node, why)| UnavailableJson { node, why }).collect(),
     }
-    out.push_str("],\"unavailable\":[");
-    for (i, (node, why)) in r.unavailable.iter().enumerate() {
-        let _ = write!(out, "{}{{\"node\":{},\"why\":{}}}", if i == 0 { "" } else { "," }, quote(node), quote(why));
-    }
-    out.push_str("]}");
-    out
 }
 
 fn show(f: Option<Figure>) -> String {
@@ -495,9 +546,10 @@ mod tests {
 
         let text = render_text(&r);
         assert!(text.contains("DISAGREE") && text.contains("3/5") && text.contains("3/4"), "{text}");
-        let json = render_json(&r);
+        let json = serde_json::to_string(&json(&r)).unwrap();
         assert!(json.contains("\"indicator\":\"notice_timeliness\",\"label\":\"通报及时率\""), "{json}");
         assert!(json.contains("\"by_destination\":{\"total\":5,\"on_time\":3,\"pending\":0}"), "{json}");
+        assert!(json.contains("\"name\":\"大学路街道\",\"side\":\"destination\",\"points\":925.0"), "{json}");
         let csv = render_csv(&r);
         assert!(csv.contains("2026Q1,410103007,411421,notice_timeliness,destination,5,3,0,4,3,0,true,"), "{csv}");
         assert!(csv.contains("2026Q1,410103007,destination,925.0,0.7500,"), "{csv}");

@@ -5,21 +5,20 @@
 //! they verify against its key in the directory.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ldx_node::grpc::monitor::verify_watermarks;
+use ldx_proto::directory::Directory;
 use ldx_proto::identity::PublicKey;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::monitor_client::MonitorClient;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::directory::DirectoryService;
 use crate::history::{ChannelSample, History, NodeSample, Round};
-use crate::pki::{self, PkiError};
-use crate::server::DirectoryService;
+use crate::nodes::{self, MetricsAddressError, Nodes};
 
 /// How long one node may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,6 +35,9 @@ pub struct NodeReport {
     pub status: Option<pb::StatusResponse>,
     /// What became of the watermarks signed in that status.
     pub watermarks: Watermarks,
+    /// Where Prometheus scrapes the node, from the metrics address in its last status
+    /// (`None` before its first answer).
+    pub metrics_target: Option<Result<String, MetricsAddressError>>,
 }
 
 /// The gateway's verdict on a node's signed watermarks.
@@ -82,8 +84,9 @@ pub struct Collector {
     reports: Arc<Mutex<BTreeMap<String, NodeReport>>>,
     history: Option<Arc<History>>,
     every: Duration,
-    /// The PKI the nodes are asked with, for the assessment the dashboard gathers.
-    pki_dir: Option<std::path::PathBuf>,
+    /// The directory and the channels the nodes are asked through, shared with the
+    /// assessment the dashboard gathers (`None` for a test collector).
+    nodes: Option<(DirectoryService, Arc<Nodes>)>,
 }
 
 /// UTC milliseconds now.
@@ -95,20 +98,18 @@ pub fn now_ms() -> i64 {
 }
 
 impl Collector {
-    /// Starts asking every node of the directory `service` serves, every `every`, until
-    /// `stop` turns true, recording each pass in `history` when given. The gateway's client
-    /// certificate is issued on first use.
+    /// Starts asking every node of the directory `service` serves, through `nodes`, every
+    /// `every`, until `stop` turns true, recording each pass in `history` when given.
     pub fn start(
         service: DirectoryService,
-        pki_dir: &Path,
+        nodes: Arc<Nodes>,
         every: Duration,
         history: Option<Arc<History>>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Self, PkiError> {
-        let tls = GatewayTls::load(pki_dir)?;
-        let collector = Self { reports: Arc::default(), history, every, pki_dir: Some(pki_dir.to_owned()) };
-        tokio::spawn(collector.clone().run(service, tls, every, stop));
-        Ok(collector)
+    ) -> Self {
+        let collector = Self { reports: Arc::default(), history, every, nodes: Some((service, nodes)) };
+        tokio::spawn(collector.clone().run(stop));
+        collector
     }
 
     /// Every node's last report, by division.
@@ -132,9 +133,9 @@ impl Collector {
         self.every
     }
 
-    /// The PKI directory the collector asks the nodes with (`None` for a test collector).
-    pub fn pki_dir(&self) -> Option<&Path> {
-        self.pki_dir.as_deref()
+    /// The directory now and the channels to its nodes (`None` for a test collector).
+    pub fn nodes(&self) -> Option<(Option<Arc<Directory>>, &Arc<Nodes>)> {
+        self.nodes.as_ref().map(|(service, nodes)| (service.current(), nodes))
     }
 
     /// Writes the current snapshot as one history round. A failing store costs the chart
@@ -149,8 +150,9 @@ impl Collector {
         }
     }
 
-    async fn run(self, service: DirectoryService, tls: GatewayTls, every: Duration, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(every);
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Some((service, nodes)) = self.nodes.clone() else { return };
+        let mut ticker = tokio::time::interval(self.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -160,12 +162,16 @@ impl Collector {
             let Some(directory) = service.current() else { continue };
             let mut asks = tokio::task::JoinSet::new();
             for entry in directory.entries() {
-                let tls = tls.for_node(&entry.division);
                 let (division, endpoint) = (entry.division.clone(), entry.endpoint.clone());
+                let channel = nodes.channel(&division, &endpoint);
                 let key = directory.signing_key(&entry.division);
                 asks.spawn(async move {
-                    let answer = tokio::time::timeout(ASK_TIMEOUT, ask(&endpoint, tls)).await;
-                    let answer = answer.unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")));
+                    let answer = match channel {
+                        Ok(channel) => tokio::time::timeout(ASK_TIMEOUT, ask(channel))
+                            .await
+                            .unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}"))),
+                        Err(error) => Err(error),
+                    };
                     let answer = answer.map(|status| {
                         let watermarks = Watermarks::check(&division, &status, key.as_ref());
                         (status, watermarks)
@@ -178,78 +184,51 @@ impl Collector {
                 let mut reports = self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let report = reports.entry(division.clone()).or_default();
                 report.endpoint = endpoint;
-                match answer {
-                    Ok((status, watermarks)) => {
-                        if let Watermarks::Invalid(reason) = &watermarks
-                            && report.watermarks != watermarks
-                        {
-                            tracing::warn!(node = %division, reason = %reason, "watermarks refused");
-                        }
-                        report.reachable = true;
-                        report.last_contact_ms = now_ms();
-                        report.last_error.clear();
-                        report.status = Some(status);
-                        report.watermarks = watermarks;
-                    }
-                    Err(error) => {
-                        if report.reachable || report.last_error != error {
-                            tracing::warn!(node = %division, error = %error, "node unreachable");
-                        }
-                        report.reachable = false;
-                        report.last_error = error;
-                    }
-                }
+                update(report, &division, answer);
                 seen.push(division);
             }
             self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|d, _| seen.contains(d));
+            nodes.retain(|d| directory.get(d).is_some());
             self.record().await;
         }
     }
 }
 
-/// The gateway's side of mutual TLS towards nodes: the federation CA and the gateway's
-/// client certificate (issued on first use).
-#[derive(Debug, Clone)]
-pub struct GatewayTls {
-    ca: Certificate,
-    identity: Identity,
-}
-
-impl GatewayTls {
-    pub fn load(pki_dir: &Path) -> Result<Self, PkiError> {
-        let (cert, key) = pki::gateway_identity(pki_dir)?;
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| PkiError::Read { path: path.display().to_string(), source })
-        };
-        let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
-        let identity = Identity::from_pem(read(&cert)?, read(&key)?);
-        Ok(Self { ca, identity })
+/// Puts what node `division` answered into its report. Only changes are logged: a node
+/// that stays down, or keeps giving no usable metrics address, is logged once, not every
+/// round.
+fn update(report: &mut NodeReport, division: &str, answer: Result<(pb::StatusResponse, Watermarks), String>) {
+    match answer {
+        Ok((status, watermarks)) => {
+            if let Watermarks::Invalid(reason) = &watermarks
+                && report.watermarks != watermarks
+            {
+                tracing::warn!(node = %division, reason = %reason, "watermarks refused");
+            }
+            let target = nodes::metrics_target(&status.metrics_address, &report.endpoint);
+            if let Err(e) = &target
+                && report.metrics_target.as_ref() != Some(&target)
+            {
+                tracing::warn!(node = %division, error = %e, "node left out of service discovery");
+            }
+            report.metrics_target = Some(target);
+            report.reachable = true;
+            report.last_contact_ms = now_ms();
+            report.last_error.clear();
+            report.status = Some(status);
+            report.watermarks = watermarks;
+        }
+        Err(error) => {
+            if report.reachable || report.last_error != error {
+                tracing::warn!(node = %division, error = %error, "node unreachable");
+            }
+            report.reachable = false;
+            report.last_error = error;
+        }
     }
-
-    /// The client config for node `division`: its certificate must name that division.
-    pub fn for_node(&self, division: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(self.identity.clone())
-            .domain_name(ldx_proto::identity::division_dns_name(division))
-    }
 }
 
-/// A mutual-TLS channel to a node's peer API, or why there is none, in words fit for an
-/// operator (the gateway shows them per node).
-pub async fn connect_node(endpoint: &str, tls: ClientTlsConfig) -> Result<Channel, String> {
-    Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?
-        .tls_config(tls)
-        .map_err(|e| format!("TLS: {e}"))?
-        .connect_timeout(ASK_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))
-}
-
-async fn ask(endpoint: &str, tls: ClientTlsConfig) -> Result<pb::StatusResponse, String> {
-    let channel = connect_node(endpoint, tls).await?;
+async fn ask(channel: tonic::transport::Channel) -> Result<pb::StatusResponse, String> {
     let status = MonitorClient::new(channel)
         .status(pb::StatusRequest {})
         .await
@@ -257,54 +236,50 @@ async fn ask(endpoint: &str, tls: ClientTlsConfig) -> Result<pb::StatusResponse,
     Ok(status.into_inner())
 }
 
-/// The federation's replication in Prometheus text format 0.0.4.
-pub fn render(reports: &BTreeMap<String, NodeReport>) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
-    let up: Vec<_> = reports.iter().map(|(d, r)| (format!("node=\"{d}\""), f64::from(u8::from(r.reachable)))).collect();
-    family("ldx_node_up", "gauge", "1 when the node answered the gateway's last status request.", &up);
-    let contact: Vec<_> =
-        reports.iter().map(|(d, r)| (format!("node=\"{d}\""), r.last_contact_ms as f64 / 1000.0)).collect();
-    family("ldx_node_last_contact_timestamp_seconds", "gauge", "When the node last answered (0: never).", &contact);
-    let verified: Vec<_> = reports
-        .iter()
-        .map(|(d, r)| (format!("node=\"{d}\""), f64::from(u8::from(matches!(r.watermarks, Watermarks::Verified(_))))))
-        .collect();
-    family(
-        "ldx_node_watermarks_verified",
-        "gauge",
-        "1 when the node's last watermarks verified against its signing key in the directory.",
-        &verified,
-    );
+pub const NODE_UP: &str = "ldx_node_up";
+pub const NODE_LAST_CONTACT: &str = "ldx_node_last_contact_timestamp_seconds";
+pub const NODE_WATERMARKS_VERIFIED: &str = "ldx_node_watermarks_verified";
+pub const CHANNEL_PENDING: &str = "ldx_channel_pending";
+pub const CHANNEL_OLDEST_PENDING: &str = "ldx_channel_oldest_pending_seconds";
+pub const CHANNEL_LAG: &str = "ldx_channel_lag_messages";
 
-    let channels = channels(reports);
-    let labels = |c: &ChannelView| format!("node=\"{}\",peer=\"{}\"", c.from, c.to);
-    let pending: Vec<_> = channels.iter().map(|c| (labels(c), c.pending as f64)).collect();
-    let age: Vec<_> = channels.iter().map(|c| (labels(c), c.oldest_pending_ms as f64 / 1000.0)).collect();
-    let lag: Vec<_> = channels
-        .iter()
-        .filter(|c| c.applied_seq.is_some())
-        .map(|c| (format!("from=\"{}\",to=\"{}\"", c.from, c.to), c.lag_messages() as f64))
-        .collect();
-    family(
-        "ldx_channel_pending",
-        "gauge",
-        "Envelopes the sender holds unacknowledged, as the sender reports.",
-        &pending,
-    );
-    family("ldx_channel_oldest_pending_seconds", "gauge", "Age of the sender's oldest unacknowledged envelope.", &age);
-    family(
-        "ldx_channel_lag_messages",
-        "gauge",
-        "Sender's head seq minus the seq the receiver reports as applied (both last reports).",
-        &lag,
-    );
-    out
+/// The federation's replication in Prometheus text format, as of `reports`. Each call
+/// renders through a recorder of its own, so a node or channel gone from the reports is
+/// gone from the text too.
+pub fn render(reports: &BTreeMap<String, NodeReport>) -> String {
+    use metrics::{describe_gauge, gauge};
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        describe_gauge!(NODE_UP, "1 when the node answered the gateway's last status request.");
+        describe_gauge!(NODE_LAST_CONTACT, "When the node last answered (0: never).");
+        describe_gauge!(
+            NODE_WATERMARKS_VERIFIED,
+            "1 when the node's last watermarks verified against its signing key in the directory."
+        );
+        describe_gauge!(CHANNEL_PENDING, "Envelopes the sender holds unacknowledged, as the sender reports.");
+        describe_gauge!(CHANNEL_OLDEST_PENDING, "Age of the sender's oldest unacknowledged envelope.");
+        describe_gauge!(
+            CHANNEL_LAG,
+            "Sender's head seq minus the seq the receiver reports as applied (both last reports)."
+        );
+        for (division, r) in reports {
+            let node = division.clone();
+            gauge!(NODE_UP, "node" => node.clone()).set(f64::from(u8::from(r.reachable)));
+            gauge!(NODE_LAST_CONTACT, "node" => node.clone()).set(r.last_contact_ms as f64 / 1000.0);
+            let verified = matches!(r.watermarks, Watermarks::Verified(_));
+            gauge!(NODE_WATERMARKS_VERIFIED, "node" => node).set(f64::from(u8::from(verified)));
+        }
+        for c in channels(reports) {
+            let (node, peer) = (c.from.clone(), c.to.clone());
+            gauge!(CHANNEL_PENDING, "node" => node.clone(), "peer" => peer.clone()).set(c.pending as f64);
+            gauge!(CHANNEL_OLDEST_PENDING, "node" => node.clone(), "peer" => peer.clone())
+                .set(c.oldest_pending_ms as f64 / 1000.0);
+            if c.applied_seq.is_some() {
+                gauge!(CHANNEL_LAG, "from" => node, "to" => peer).set(c.lag_messages() as f64);
+            }
+        }
+    });
+    recorder.handle().render()
 }
 
 /// One channel as the gateway sees it: the sender's figures with the receiver's own applied
@@ -436,6 +411,52 @@ mod tests {
         assert!(text.contains("ldx_channel_pending{node=\"410103007\",peer=\"411421\"} 6\n"));
         assert!(text.contains("ldx_node_up{node=\"411421\"} 0\n"));
         assert!(text.contains("ldx_node_up{node=\"410103007\"} 1\n"));
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_node_without_a_usable_metrics_address_is_left_out_and_logged_once() {
+        let status = |address: &str| pb::StatusResponse { metrics_address: address.into(), ..Default::default() };
+        let mut report = NodeReport { endpoint: "https://10.0.0.7:7302".into(), ..Default::default() };
+        let logs = logs_of(|| {
+            for _ in 0..3 {
+                update(&mut report, "411421", Ok((status("not-an-address"), Watermarks::Unsigned)));
+            }
+            update(&mut report, "411421", Err("Unavailable: connection refused".into()));
+            update(&mut report, "411421", Ok((status("not-an-address"), Watermarks::Unsigned)));
+            assert!(matches!(report.metrics_target, Some(Err(MetricsAddressError::Malformed { .. }))));
+            for _ in 0..3 {
+                update(&mut report, "411421", Ok((status(""), Watermarks::Unsigned)));
+            }
+            assert_eq!(report.metrics_target, Some(Err(MetricsAddressError::Missing)));
+        });
+        let left_out: Vec<_> = logs.lines().filter(|l| l.contains("node left out of service discovery")).collect();
+        assert_eq!(left_out.len(), 2, "once per cause, not per round:\n{logs}");
+        assert!(left_out[0].contains("metrics_address: \"not-an-address\" must be an IP address"), "{logs}");
+        assert!(left_out[1].contains("metrics_address: empty"), "{logs}");
+        assert!(report.reachable, "a node without a metrics address is still collected");
+
+        update(&mut report, "411421", Ok((status("0.0.0.0:9301"), Watermarks::Unsigned)));
+        assert_eq!(report.metrics_target, Some(Ok("10.0.0.7:9301".to_owned())));
     }
 
     #[test]

@@ -7,14 +7,16 @@
 //! reaches the gateway, so nothing about one can appear here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
+use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Serialize;
 
 use crate::collector::{self, ChannelView, Collector, NodeReport, Watermarks};
+use crate::directory::division_name;
 use crate::history::Round;
 
 /// The page; `INITIAL_MARKER` is replaced by the first status and history, so the page
@@ -41,18 +43,32 @@ pub fn router(collector: Collector) -> axum::Router {
         .with_state(collector)
 }
 
+/// What the page starts with, inline.
+#[derive(Debug, Serialize)]
+struct Initial {
+    status: StatusDoc,
+    history: HistoryDoc,
+}
+
 async fn page(State(collector): State<Collector>) -> Response {
-    let history = match history_json(&collector, DEFAULT_WINDOW_MINUTES).await {
-        Ok(json) => json,
+    let history = match history_doc(&collector, DEFAULT_WINDOW_MINUTES).await {
+        Ok(doc) => doc,
         Err(response) => return response,
     };
-    let initial = format!("{{\"status\":{},\"history\":{history}}}", status_json(&collector));
+    let initial = match serde_json::to_string(&Initial { status: status_doc(&collector), history }) {
+        Ok(json) => script_safe(&json),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the dashboard's data");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot write the dashboard's data; see the log\n")
+                .into_response();
+        }
+    };
     let html = PAGE.replacen(INITIAL_MARKER, &initial, 1);
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
 }
 
 async fn status(State(collector): State<Collector>) -> Response {
-    json_response(status_json(&collector))
+    json_response(status_doc(&collector))
 }
 
 async fn history(State(collector): State<Collector>, RawQuery(query): RawQuery) -> Response {
@@ -60,8 +76,8 @@ async fn history(State(collector): State<Collector>, RawQuery(query): RawQuery) 
         Ok(minutes) => minutes,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    match history_json(&collector, minutes).await {
-        Ok(json) => json_response(json),
+    match history_doc(&collector, minutes).await {
+        Ok(doc) => json_response(doc),
         Err(response) => response,
     }
 }
@@ -81,22 +97,25 @@ async fn assessment(State(collector): State<Collector>, RawQuery(query): RawQuer
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         },
     };
-    let Some(pki_dir) = collector.pki_dir() else {
+    let Some((directory, nodes)) = collector.nodes() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway has no PKI to ask the nodes with\n").into_response();
     };
+    let Some(directory) = directory else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no directory yet: add nodes with `ldx-gateway directory add` first\n",
+        )
+            .into_response();
+    };
     let period = period.to_string();
-    match crate::assess::gather(pki_dir, &period, ASSESSMENT_TIMEOUT).await {
-        Ok((statements, unavailable)) => {
-            let mut rollup = crate::assess::rollup(&period, &statements, &crate::assess::Weights::default());
-            rollup.unavailable = unavailable;
-            json_response(crate::assess::render_json(&rollup))
-        }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
-    }
+    let (statements, unavailable) = crate::assess::gather_from(nodes, &directory, &period, ASSESSMENT_TIMEOUT).await;
+    let mut rollup = crate::assess::rollup(&period, &statements, &crate::assess::Weights::default());
+    rollup.unavailable = unavailable;
+    json_response(crate::assess::json(&rollup))
 }
 
-fn json_response(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+fn json_response(body: impl Serialize) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 /// The `minutes` query parameter, checked against its range.
@@ -111,23 +130,21 @@ fn window_minutes(query: Option<&str>) -> Result<i64, String> {
     }
 }
 
-/// A JSON string literal. Besides what JSON requires, `<`, `>` and `&` are escaped so the
-/// text can sit inside the page's `<script>` element.
-pub(crate) fn quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
+/// JSON made fit to sit inside the page's `<script>` element: `<`, `>` and `&` (and the
+/// two line separators JavaScript once refused in strings) escaped. In JSON they can only
+/// occur inside strings, where the escape means the same character.
+fn script_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if c < ' ' || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}') => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
             c => out.push(c),
         }
     }
-    out.push('"');
     out
 }
 
@@ -135,85 +152,134 @@ fn truncated(error: &str) -> String {
     error.chars().take(MAX_ERROR_CHARS).collect()
 }
 
-pub(crate) fn division_name(code: &str) -> &'static str {
-    ldx_node::domain::Division::parse("division", code).map_or("", |d| d.name())
+/// `GET /api/status`: nodes by division, and channels worst first.
+#[derive(Debug, Serialize)]
+struct StatusDoc {
+    now_ms: i64,
+    collect_every_ms: u64,
+    history_kept: bool,
+    nodes: Vec<NodeDoc>,
+    channels: Vec<ChannelDoc>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeDoc {
+    division: String,
+    name: &'static str,
+    endpoint: String,
+    reachable: bool,
+    last_contact_ms: i64,
+    last_error: String,
+    directory_version: u64,
+    outbound: usize,
+    inbound: usize,
+    watermarks: &'static str,
+    watermarks_error: String,
+    /// Where Prometheus scrapes the node, as `/api/sd` lists it ("" when it is left out).
+    metrics_target: String,
+    /// Why the node is left out of `/api/sd` ("" when listed or not yet heard from).
+    metrics_error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelDoc {
+    from: String,
+    from_name: &'static str,
+    to: String,
+    to_name: &'static str,
+    head_seq: u64,
+    acked_seq: u64,
+    applied_seq: Option<u64>,
+    applied_verified: bool,
+    lag_messages: u64,
+    lag_ms: i64,
+    pending: u64,
+    last_contact_ms: i64,
+    last_error: String,
 }
 
 /// Nodes by division, and channels worst first (messages behind, then age).
-fn status_json(collector: &Collector) -> String {
+fn status_doc(collector: &Collector) -> StatusDoc {
     let reports = collector.snapshot();
-    let mut out = format!(
-        "{{\"now_ms\":{},\"collect_every_ms\":{},\"history_kept\":{},\"nodes\":[",
-        collector::now_ms(),
-        collector.every().as_millis(),
-        collector.history().is_some()
-    );
-    for (i, (division, report)) in reports.iter().enumerate() {
-        out.push_str(if i == 0 { "" } else { "," });
-        node_json(&mut out, division, report);
-    }
-    out.push_str("],\"channels\":[");
     let mut channels = collector::channels(&reports);
     channels.sort_by(|a, b| {
         (b.lag_messages(), b.oldest_pending_ms)
             .cmp(&(a.lag_messages(), a.oldest_pending_ms))
             .then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to)))
     });
-    for (i, channel) in channels.iter().enumerate() {
-        out.push_str(if i == 0 { "" } else { "," });
-        channel_json(&mut out, channel);
+    StatusDoc {
+        now_ms: collector::now_ms(),
+        collect_every_ms: u64::try_from(collector.every().as_millis()).unwrap_or(u64::MAX),
+        history_kept: collector.history().is_some(),
+        nodes: reports.iter().map(|(division, report)| node_doc(division, report)).collect(),
+        channels: channels.iter().map(channel_doc).collect(),
     }
-    out.push_str("]}");
-    out
 }
 
-fn node_json(out: &mut String, division: &str, report: &NodeReport) {
+fn node_doc(division: &str, report: &NodeReport) -> NodeDoc {
     let status = report.status.as_ref();
-    let _ = write!(
-        out,
-        "{{\"division\":{},\"name\":{},\"endpoint\":{},\"reachable\":{},\"last_contact_ms\":{},\"last_error\":{},\
-         \"directory_version\":{},\"outbound\":{},\"inbound\":{},\"watermarks\":{},\"watermarks_error\":{}}}",
-        quote(division),
-        quote(division_name(division)),
-        quote(&report.endpoint),
-        report.reachable,
-        report.last_contact_ms,
-        quote(&truncated(&report.last_error)),
-        status.map_or(0, |s| s.directory_version),
-        status.map_or(0, |s| s.outbound.len()),
-        status.map_or(0, |s| s.inbound.len()),
-        quote(report.watermarks.label()),
-        quote(&match &report.watermarks {
+    NodeDoc {
+        division: division.to_owned(),
+        name: division_name(division),
+        endpoint: report.endpoint.clone(),
+        reachable: report.reachable,
+        last_contact_ms: report.last_contact_ms,
+        last_error: truncated(&report.last_error),
+        directory_version: status.map_or(0, |s| s.directory_version),
+        outbound: status.map_or(0, |s| s.outbound.len()),
+        inbound: status.map_or(0, |s| s.inbound.len()),
+        watermarks: report.watermarks.label(),
+        watermarks_error: match &report.watermarks {
             Watermarks::Invalid(reason) => truncated(reason),
             _ => String::new(),
-        }),
-    );
+        },
+        metrics_target: report.metrics_target.clone().and_then(Result::ok).unwrap_or_default(),
+        metrics_error: match &report.metrics_target {
+            Some(Err(e)) => truncated(&e.to_string()),
+            _ => String::new(),
+        },
+    }
 }
 
-fn channel_json(out: &mut String, c: &ChannelView) {
-    let _ = write!(
-        out,
-        "{{\"from\":{},\"from_name\":{},\"to\":{},\"to_name\":{},\"head_seq\":{},\"acked_seq\":{},\"applied_seq\":{},\
-         \"applied_verified\":{},\"lag_messages\":{},\"lag_ms\":{},\"pending\":{},\"last_contact_ms\":{},\"last_error\":{}}}",
-        quote(&c.from),
-        quote(division_name(&c.from)),
-        quote(&c.to),
-        quote(division_name(&c.to)),
-        c.head_seq,
-        c.acked_seq,
-        c.applied_seq.map_or_else(|| "null".to_owned(), |s| s.to_string()),
-        c.applied_verified,
-        c.lag_messages(),
-        c.oldest_pending_ms,
-        c.pending,
-        c.last_contact_ms,
-        quote(&truncated(&c.last_error)),
-    );
+fn channel_doc(c: &ChannelView) -> ChannelDoc {
+    ChannelDoc {
+        from: c.from.clone(),
+        from_name: division_name(&c.from),
+        to: c.to.clone(),
+        to_name: division_name(&c.to),
+        head_seq: c.head_seq,
+        acked_seq: c.acked_seq,
+        applied_seq: c.applied_seq,
+        applied_verified: c.applied_verified,
+        lag_messages: c.lag_messages(),
+        lag_ms: c.oldest_pending_ms,
+        pending: c.pending,
+        last_contact_ms: c.last_contact_ms,
+        last_error: truncated(&c.last_error),
+    }
+}
+
+/// `GET /api/history`: one series per channel.
+#[derive(Debug, Serialize)]
+struct HistoryDoc {
+    now_ms: i64,
+    from_ms: i64,
+    slot_ms: i64,
+    rounds: usize,
+    series: Vec<SeriesDoc>,
+}
+
+#[derive(Debug, Serialize)]
+struct SeriesDoc {
+    from: String,
+    to: String,
+    /// `[at_ms, lag_messages, lag_ms]`.
+    points: Vec<(i64, u64, i64)>,
 }
 
 /// The last `minutes` of history, read off the async runtime. A store that cannot be read
 /// is the gateway's failure, reported as such.
-async fn history_json(collector: &Collector, minutes: i64) -> Result<String, Response> {
+async fn history_doc(collector: &Collector, minutes: i64) -> Result<HistoryDoc, Response> {
     let now = collector::now_ms();
     let from = now - minutes * 60_000;
     let rounds = match collector.history().cloned() {
@@ -231,37 +297,39 @@ async fn history_json(collector: &Collector, minutes: i64) -> Result<String, Res
         },
         None => Vec::new(),
     };
-    Ok(series_json(now, from, &rounds))
+    Ok(series(now, from, &rounds))
 }
 
 /// One series per channel, `[at_ms, lag_messages, lag_ms]` points, at most
 /// [`MAX_POINTS`] of them: the rounds of one time slot are reduced to the worst lag.
-fn series_json(now: i64, from: i64, rounds: &[Round]) -> String {
+fn series(now: i64, from: i64, rounds: &[Round]) -> HistoryDoc {
     let slot_ms = ((now - from) / MAX_POINTS).max(1);
     // Per channel, per slot: the slot's last time, worst lag in messages and in ms.
     type Slots = BTreeMap<i64, (i64, u64, i64)>;
-    let mut series: BTreeMap<(&str, &str), Slots> = BTreeMap::new();
+    let mut by_channel: BTreeMap<(&str, &str), Slots> = BTreeMap::new();
     for round in rounds {
         let slot = (round.at_ms - from) / slot_ms;
         for c in &round.channels {
-            let point = series.entry((&c.from, &c.to)).or_default().entry(slot).or_insert((round.at_ms, 0, 0));
+            let point = by_channel.entry((&c.from, &c.to)).or_default().entry(slot).or_insert((round.at_ms, 0, 0));
             point.0 = point.0.max(round.at_ms);
             point.1 = point.1.max(c.lag_messages);
             point.2 = point.2.max(c.lag_ms);
         }
     }
-    let mut out =
-        format!("{{\"now_ms\":{now},\"from_ms\":{from},\"slot_ms\":{slot_ms},\"rounds\":{},\"series\":[", rounds.len());
-    for (i, ((from, to), points)) in series.iter().enumerate() {
-        out.push_str(if i == 0 { "" } else { "," });
-        let _ = write!(out, "{{\"from\":{},\"to\":{},\"points\":[", quote(from), quote(to));
-        for (j, (at, messages, lag_ms)) in points.values().enumerate() {
-            let _ = write!(out, "{}[{at},{messages},{lag_ms}]", if j == 0 { "" } else { "," });
-        }
-        out.push_str("]}");
+    HistoryDoc {
+        now_ms: now,
+        from_ms: from,
+        slot_ms,
+        rounds: rounds.len(),
+        series: by_channel
+            .into_iter()
+            .map(|((from, to), points)| SeriesDoc {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                points: points.into_values().collect(),
+            })
+            .collect(),
     }
-    out.push_str("]}");
-    out
 }
 
 #[cfg(test)]
@@ -271,9 +339,12 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_for_json_inside_a_script_element() {
-        assert_eq!(quote("大学路"), "\"大学路\"");
-        assert_eq!(quote("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
-        assert_eq!(quote("</script>&"), "\"\\u003c/script\\u003e\\u0026\"");
+        let json = |text: &str| script_safe(&serde_json::to_string(text).unwrap());
+        assert_eq!(json("大学路"), "\"大学路\"");
+        assert_eq!(json("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+        assert_eq!(json("</script>&\u{2028}"), "\"\\u003c/script\\u003e\\u0026\\u2028\"");
+        let back: String = serde_json::from_str(&json("</script>&\u{2028}")).unwrap();
+        assert_eq!(back, "</script>&\u{2028}", "the escapes mean the same text");
     }
 
     #[test]
@@ -302,7 +373,7 @@ mod tests {
             .into_iter()
             .map(|(at_ms, lag)| Round { at_ms, nodes: vec![], channels: vec![sample(lag)] })
             .collect();
-        let json = series_json(now, from, &rounds);
+        let json = serde_json::to_string(&series(now, from, &rounds)).unwrap();
         assert!(
             json.contains(
                 "\"series\":[{\"from\":\"410103007\",\"to\":\"411421\",\"points\":[[900,7,700],[239999,0,0]]}]"
@@ -329,7 +400,12 @@ mod tests {
         let collector = Collector::default();
         collector.replace_for_test(BTreeMap::from([(
             "411421".to_owned(),
-            NodeReport { endpoint: "https://127.0.0.1:1".into(), last_error: "down".into(), ..Default::default() },
+            NodeReport {
+                endpoint: "https://127.0.0.1:1".into(),
+                last_error: "down".into(),
+                metrics_target: Some(Err(crate::nodes::MetricsAddressError::Missing)),
+                ..Default::default()
+            },
         )]));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -346,6 +422,7 @@ mod tests {
         let (status, json) = get(addr, "/api/status").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(json.contains("\"reachable\":false") && json.contains("\"history_kept\":false"), "{json}");
+        assert!(json.contains("\"metrics_target\":\"\",\"metrics_error\":\"metrics_address: empty"), "{json}");
         let (status, json) = get(addr, "/api/history?minutes=5").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(json.contains("\"rounds\":0,\"series\":[]"), "{json}");
@@ -373,7 +450,7 @@ mod tests {
             "410103007".to_owned(),
             NodeReport { reachable: true, status: Some(sender), ..Default::default() },
         )]));
-        let json = status_json(&collector);
+        let json = serde_json::to_string(&status_doc(&collector)).unwrap();
         let worst = json.find("\"to\":\"411723\"").unwrap();
         let best = json.find("\"to\":\"411421\"").unwrap();
         assert!(worst < best, "{json}");

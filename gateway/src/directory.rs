@@ -1,11 +1,15 @@
 //! The gateway's copy of the federation directory: `directory.bin` in the PKI directory,
 //! an encoded `SignedDirectory`. Every change bumps the version, is signed with the
 //! federation key and replaces the file atomically, so the server never reads half of it.
+//! [`DirectoryService`] is the running gateway's view of it, shared by everything that
+//! serves the directory or asks its nodes.
 
 use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use ldx_proto::directory::{self as signed, Directory, DirectoryError};
@@ -197,6 +201,88 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DirectoryFileError>
         }
     }
     Ok(())
+}
+
+/// The directory the gateway serves (`ldx.v1.Directory`) and asks the nodes of: the last
+/// good copy of `directory.bin`, re-read when the file changed (an operator ran `directory
+/// add` or `remove`).
+#[derive(Debug, Clone)]
+pub struct DirectoryService {
+    pki_dir: PathBuf,
+    federation: PublicKey,
+    cache: Arc<Mutex<Cached>>,
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    stamp: Option<FileStamp>,
+    directory: Option<Arc<Directory>>,
+}
+
+/// What tells a replaced file from the one read before: rename gives it a new inode, and
+/// mtime and size change too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self { modified: meta.modified().ok(), len: meta.len(), inode })
+    }
+}
+
+impl DirectoryService {
+    /// Loads `federation.pub` and the current directory; a directory file that does not
+    /// verify is an error here, so a broken gateway fails at start-up.
+    pub fn open(pki_dir: PathBuf) -> Result<Self, DirectoryFileError> {
+        let federation = federation_key(&pki_dir)?;
+        let stamp = FileStamp::of(&path(&pki_dir));
+        let loaded = load_with(&pki_dir, &federation)?;
+        let cached = Cached { stamp, directory: loaded.map(Arc::new) };
+        Ok(Self { pki_dir, federation, cache: Arc::new(Mutex::new(cached)) })
+    }
+
+    /// The directory being served, re-read first if the file changed. A changed file that
+    /// does not load is logged and the last good copy stays in service.
+    pub fn current(&self) -> Option<Arc<Directory>> {
+        let file = path(&self.pki_dir);
+        let stamp = FileStamp::of(&file);
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.stamp != stamp {
+            match load_with(&self.pki_dir, &self.federation) {
+                Ok(Some(loaded)) => {
+                    tracing::info!(
+                        version = loaded.version(),
+                        entries = loaded.entries().count(),
+                        "directory reloaded"
+                    );
+                    cache.directory = Some(Arc::new(loaded));
+                }
+                Ok(None) => tracing::warn!(file = %file.display(), "directory file disappeared; serving the last copy"),
+                Err(e) => tracing::warn!(error = %e, "directory file changed but does not load; serving the last copy"),
+            }
+            cache.stamp = stamp;
+        }
+        cache.directory.clone()
+    }
+
+    /// The PKI directory the directory file lives in.
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+}
+
+/// The Chinese name of division `code` from the division table ("" for a code it lacks).
+pub fn division_name(code: &str) -> &'static str {
+    ldx_node::domain::Division::parse("division", code).map_or("", |d| d.name())
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub struct NodeSample {
     pub reachable: bool,
 }
 
-/// A channel's lag in one round, as [`crate::collector::channels`] computes it.
+/// A channel's lag in one round, as the collector computes it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ChannelSample {
     #[prost(string, tag = "1")]

@@ -9,6 +9,8 @@ pub mod dashboard;
 pub mod demo;
 pub mod directory;
 pub mod history;
+pub mod nodes;
 pub mod pki;
+pub mod sd;
 pub mod server;
 pub mod synthetic;

@@ -1,24 +1,15 @@
 //! The gateway's gRPC server: `ldx.v1.Directory` serving the signed directory from the PKI
 //! directory, plus standard health checking and reflection.
 
-use std::{
-    fs,
-    future::Future,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::SystemTime,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use ldx_proto::directory::Directory;
-use ldx_proto::identity::PublicKey;
 use ldx_proto::v1::directory_server::{self, DirectoryServer};
 use ldx_proto::v1::{FetchDirectoryRequest, FetchDirectoryResponse};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Server};
 
-use crate::directory::{self, DirectoryFileError};
+use crate::directory::{DirectoryFileError, DirectoryService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -75,8 +66,9 @@ pub struct MetricsOptions {
 
 /// Like [`run_with_ready`]; with `metrics`, the gateway also asks every node of the
 /// directory for its status over mutual TLS and serves, over plain HTTP on the metrics
-/// listener, the federation's replication figures as Prometheus text on `GET /metrics`
-/// and the operators' dashboard on `GET /` (see [`crate::dashboard`]).
+/// listener, the federation's replication figures as Prometheus text on `GET /metrics`,
+/// Prometheus service discovery of the nodes on `GET /api/sd` (see [`crate::sd`]) and the
+/// operators' dashboard on `GET /` (see [`crate::dashboard`]).
 pub async fn run_with_metrics(
     pki_dir: PathBuf,
     listener: TcpListener,
@@ -93,17 +85,13 @@ pub async fn run_with_metrics(
             Some(h) => Some(Arc::new(crate::history::History::open(&h.dir, h.retention)?)),
             None => None,
         };
-        let collector = crate::collector::Collector::start(
-            service.clone(),
-            &service.pki_dir,
-            options.collect_every,
-            history,
-            stop_rx.clone(),
-        )?;
+        let nodes = Arc::new(crate::nodes::Nodes::load(service.pki_dir())?);
+        let collector =
+            crate::collector::Collector::start(service.clone(), nodes, options.collect_every, history, stop_rx.clone());
         let addr = options.listener.local_addr().map_err(ServerError::Listener)?;
-        tracing::info!(metrics = %addr, "serving /metrics and the dashboard");
+        tracing::info!(metrics = %addr, "serving /metrics, /api/sd and the dashboard");
         let metrics_collector = collector.clone();
-        let router = crate::dashboard::router(collector).route(
+        let router = crate::dashboard::router(collector.clone()).merge(crate::sd::router(collector)).route(
             "/metrics",
             axum::routing::get(move || {
                 let collector = metrics_collector.clone();
@@ -131,7 +119,7 @@ pub async fn run_with_metrics(
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
-    tracing::info!(addr = %addr, pki = %service.pki_dir.display(), version, "gateway serving the directory");
+    tracing::info!(addr = %addr, pki = %service.pki_dir().display(), version, "gateway serving the directory");
     ready(addr).map_err(ServerError::Ready)?;
     let served = Server::builder()
         .add_service(health_service)
@@ -155,77 +143,6 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// `ldx.v1.Directory`: answers from the last good copy of `directory.bin`, re-read when
-/// the file changed (an operator ran `directory add` or `remove`).
-#[derive(Debug, Clone)]
-pub struct DirectoryService {
-    pki_dir: PathBuf,
-    federation: PublicKey,
-    cache: Arc<Mutex<Cached>>,
-}
-
-#[derive(Debug, Default)]
-struct Cached {
-    stamp: Option<FileStamp>,
-    directory: Option<Arc<Directory>>,
-}
-
-/// What tells a replaced file from the one read before: rename gives it a new inode, and
-/// mtime and size change too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
-        let meta = fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Some(Self { modified: meta.modified().ok(), len: meta.len(), inode })
-    }
-}
-
-impl DirectoryService {
-    /// Loads `federation.pub` and the current directory; a directory file that does not
-    /// verify is an error here, so a broken gateway fails at start-up.
-    pub fn open(pki_dir: PathBuf) -> Result<Self, ServerError> {
-        let federation = directory::federation_key(&pki_dir)?;
-        let stamp = FileStamp::of(&directory::path(&pki_dir));
-        let loaded = directory::load_with(&pki_dir, &federation)?;
-        let cached = Cached { stamp, directory: loaded.map(Arc::new) };
-        Ok(Self { pki_dir, federation, cache: Arc::new(Mutex::new(cached)) })
-    }
-
-    /// The directory being served, re-read first if the file changed. A changed file that
-    /// does not load is logged and the last good copy stays in service.
-    pub fn current(&self) -> Option<Arc<Directory>> {
-        let file = directory::path(&self.pki_dir);
-        let stamp = FileStamp::of(&file);
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.stamp != stamp {
-            match directory::load_with(&self.pki_dir, &self.federation) {
-                Ok(Some(loaded)) => {
-                    tracing::info!(
-                        version = loaded.version(),
-                        entries = loaded.entries().count(),
-                        "directory reloaded"
-                    );
-                    cache.directory = Some(Arc::new(loaded));
-                }
-                Ok(None) => tracing::warn!(file = %file.display(), "directory file disappeared; serving the last copy"),
-                Err(e) => tracing::warn!(error = %e, "directory file changed but does not load; serving the last copy"),
-            }
-            cache.stamp = stamp;
-        }
-        cache.directory.clone()
-    }
-}
-
 #[tonic::async_trait]
 impl directory_server::Directory for DirectoryService {
     #[tracing::instrument(skip(self, request), fields(known_version = request.get_ref().known_version))]
@@ -243,8 +160,10 @@ mod tests {
     use tonic::transport::Channel;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+    use ldx_proto::directory::Directory;
+
     use super::*;
-    use crate::pki;
+    use crate::{directory, pki};
 
     #[tokio::test]
     async fn serves_newer_versions_and_picks_up_changes() {
@@ -305,5 +224,76 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let err = run(temp.path().to_owned(), listener, std::future::pending()).await.unwrap_err().to_string();
         assert!(err.contains("federation.pub"), "{err}");
+    }
+
+    /// `GET path` over plain HTTP/1.1: the head and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
+    /// A gateway on port 0 serving `pki`, its HTTP side on port 0 too.
+    async fn gateway(pki: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let options =
+            MetricsOptions { listener: http, collect_every: std::time::Duration::from_millis(50), history: None };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(run_with_metrics(
+            pki.to_owned(),
+            listener,
+            Some(options),
+            async {
+                let _ = stopped.await;
+            },
+            move |_| {
+                let _ = ready_tx.send(());
+                Ok(())
+            },
+        ));
+        ready_rx.await.unwrap();
+        (http_addr, stop)
+    }
+
+    #[tokio::test]
+    async fn service_discovery_of_an_empty_directory_is_an_empty_list() {
+        let temp = tempfile::tempdir().unwrap();
+        pki::init(temp.path()).unwrap();
+        let (addr, _stop) = gateway(temp.path()).await;
+        let (head, body) = get(addr, "/api/sd").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+        assert_eq!(body, "[]");
+    }
+
+    #[tokio::test]
+    async fn service_discovery_leaves_out_a_node_that_never_answered() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        pki::init(dir).unwrap();
+        let node = pki::issue(dir, "411421").unwrap();
+        // Nothing listens there: the node is in the directory but gives no status.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        directory::add(dir, "411421", &format!("https://{closed}"), &node.cert_path, &node.signing_pub_path).unwrap();
+        let (addr, _stop) = gateway(dir).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        // Once the collector has tried the node, the status page shows it down.
+        loop {
+            let (_, status) = get(addr, "/api/status").await;
+            if status.contains("\"reachable\":false") && !status.contains("\"last_error\":\"\"") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the collector never tried the node: {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(addr, "/api/sd").await.1, "[]");
     }
 }

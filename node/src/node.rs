@@ -130,6 +130,16 @@ pub async fn run_with_peer(
         tokio::spawn(issue_reports_every(registry.clone(), every, stop_rx.clone()));
     }
 
+    // Bound before the monitor is made, so every status names the bound /metrics address.
+    let metrics_listener = match config.metrics_addr()? {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Io { what: format!("cannot listen on metrics.listen {addr}"), source })?,
+        ),
+        None => None,
+    };
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
     let monitor_directory = peer.as_ref().map(|p| p.3.clone());
@@ -137,6 +147,11 @@ pub async fn run_with_peer(
     // The node signs its watermarks, so the gateway's lag rests on what it applied.
     if let Some((_, _, signing_key, _, _)) = &peer {
         monitor = monitor.with_signer(signing_key.clone());
+    }
+    if let Some(listener) = &metrics_listener {
+        let bound =
+            listener.local_addr().map_err(|source| NodeError::Io { what: "metrics listener".into(), source })?;
+        monitor = monitor.with_metrics_address(bound);
     }
 
     let mut peer_server = None;
@@ -163,10 +178,7 @@ pub async fn run_with_peer(
         peer_server = Some(tokio::spawn(served));
     }
 
-    if let Some(addr) = config.metrics_addr()? {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Io { what: format!("cannot listen on metrics.listen {addr}"), source })?;
+    if let Some(listener) = metrics_listener {
         let bound =
             listener.local_addr().map_err(|source| NodeError::Io { what: "metrics listener".into(), source })?;
         write_atomically(&config.metrics_addr_file(), &format!("{bound}\n"))?;

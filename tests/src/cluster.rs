@@ -81,6 +81,7 @@ pub struct ClusterBuilder {
     backoff_initial_ms: u64,
     backoff_max_ms: u64,
     fault_proxies: bool,
+    node_metrics: bool,
 }
 
 impl ClusterBuilder {
@@ -116,6 +117,13 @@ impl ClusterBuilder {
     /// ([`Cluster::proxy`]). TLS runs end to end through them.
     pub fn fault_proxies(mut self, on: bool) -> Self {
         self.fault_proxies = on;
+        self
+    }
+
+    /// Every node serves `/metrics` on `127.0.0.1:0` (`metrics.listen`; default off), and so
+    /// names that address in its Status ([`ClusterNode::metrics_addr`]).
+    pub fn node_metrics(mut self, on: bool) -> Self {
+        self.node_metrics = on;
         self
     }
 
@@ -175,6 +183,7 @@ impl ClusterBuilder {
                 poll_interval_ms: self.poll_interval_ms,
                 backoff_initial_ms: self.backoff_initial_ms,
                 backoff_max_ms: self.backoff_max_ms,
+                metrics: self.node_metrics,
             };
             let (endpoint, _) = watch::channel(None);
             let cluster_node = ClusterNode {
@@ -251,6 +260,7 @@ impl Cluster {
             backoff_initial_ms: 50,
             backoff_max_ms: 1_000,
             fault_proxies: false,
+            node_metrics: false,
         }
     }
 
@@ -307,16 +317,27 @@ impl Cluster {
         self.gateway.start().await
     }
 
+    /// The address of the gateway's HTTP side (`/metrics`, `/api/sd`, the dashboard).
+    pub fn gateway_http_addr(&self) -> anyhow::Result<SocketAddr> {
+        read_addr(&self.gateway.dir.join("metrics.addr")).context("the gateway serves no HTTP side")
+    }
+
     /// The gateway's `GET /metrics` body (it gathers every node's status over mutual TLS).
     pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
+        self.gateway_get("/metrics").await
+    }
+
+    /// The body of `GET path` on the gateway's HTTP side; an error unless it answers 200.
+    pub async fn gateway_get(&self, path: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = read_addr(&self.gateway.dir.join("metrics.addr")).context("the gateway serves no /metrics")?;
+        let addr = self.gateway_http_addr()?;
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
         let (head, body) = response.split_once("\r\n\r\n").context("no HTTP response")?;
-        ensure!(head.starts_with("HTTP/1.1 200"), "/metrics answered {head}");
+        ensure!(head.starts_with("HTTP/1.1 200"), "{path} answered {head}");
         Ok(body.to_owned())
     }
 
@@ -374,6 +395,8 @@ struct NodeSettings {
     poll_interval_ms: u64,
     backoff_initial_ms: u64,
     backoff_max_ms: u64,
+    /// Serve `/metrics` on `127.0.0.1:0`.
+    metrics: bool,
 }
 
 /// One `ldx-node` process of a cluster, in `ROOT/nodes/CODE/`: `ldx-node.toml`,
@@ -421,6 +444,11 @@ impl ClusterNode {
     }
 
     /// The peer API address (fixed for the life of the cluster).
+    /// Where the running node serves `/metrics` (see [`ClusterBuilder::node_metrics`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        read_addr(&self.run_dir().join("metrics.addr")).filter(|_| self.child.is_some())
+    }
+
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
     }
@@ -587,7 +615,8 @@ impl ClusterNode {
              \n[log]\nlevel = {level}\n\
              \n[peer]\nlisten = {peer}\nca_file = {ca}\ncert_file = {cert}\nkey_file = {key}\nsigning_key_file = {signing}\n\
              \n[directory]\ngateway = {gateway}\nfederation_key_file = {federation}\npoll_interval_ms = {poll}\n\
-             \n[exchange]\nbackoff_initial_ms = {backoff_initial}\nbackoff_max_ms = {backoff_max}\n",
+             \n[exchange]\nbackoff_initial_ms = {backoff_initial}\nbackoff_max_ms = {backoff_max}\n\
+             \n[metrics]\nlisten = {metrics}\n",
             division = toml_string(&s.division),
             salt = toml_path(&s.pki.join(pki::FEDERATION_SALT)),
             sync = s.sync_writes,
@@ -602,6 +631,7 @@ impl ClusterNode {
             poll = s.poll_interval_ms,
             backoff_initial = s.backoff_initial_ms,
             backoff_max = s.backoff_max_ms,
+            metrics = toml_string(if s.metrics { "127.0.0.1:0" } else { "" }),
         );
         std::fs::write(self.config_path(), text)?;
         Ok(())
@@ -612,7 +642,7 @@ impl ClusterNode {
     fn spawn(&mut self) -> anyhow::Result<()> {
         ensure!(self.child.is_none(), "node {} is already running", self.division);
         // A node killed with SIGKILL leaves its address files behind.
-        for file in ["api.addr", "peer.addr"] {
+        for file in ["api.addr", "peer.addr", "metrics.addr"] {
             let _ = std::fs::remove_file(self.run_dir().join(file));
         }
         self.write_config()?;

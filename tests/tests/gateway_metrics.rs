@@ -2,6 +2,7 @@
 //! mutual TLS and shows which nodes answer and how far each channel lags, by the
 //! receiver's own applied seq against the sender's head.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -69,4 +70,46 @@ async fn the_gateway_shows_unreachable_nodes_and_channel_lag() -> anyhow::Result
     .await?;
     eprintln!("restarted {RECEIVER}: up with lag 0 within {waited:.2?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_without_a_metrics_address_are_left_out_of_discovery_and_logged_once() -> anyhow::Result<()> {
+    // The harness's nodes serve no /metrics unless asked, so their Status names none.
+    let cluster = Cluster::builder().nodes([SENDER, RECEIVER]).start().await?;
+    let contact = format!("ldx_node_last_contact_timestamp_seconds{{node=\"{SENDER}\"}}");
+    let mut rounds = BTreeSet::new();
+    let c = &cluster;
+    wait_until(WAIT, "five collection rounds with answers", async || {
+        let Ok(text) = c.gateway_metrics().await else { return false };
+        if let Some(at) = sample(&text, &contact).filter(|at| *at > 0.0) {
+            rounds.insert(at.to_bits());
+        }
+        rounds.len() >= 5
+    })
+    .await?;
+    assert_eq!(cluster.gateway_get("/api/sd").await?, "[]");
+    let log = without_colours(&cluster.gateway_log());
+    for division in [SENDER, RECEIVER] {
+        let lines: Vec<_> = log
+            .lines()
+            .filter(|l| l.contains("node left out of service discovery") && l.contains(&format!("node={division}")))
+            .collect();
+        assert_eq!(lines.len(), 1, "once, not once per round:\n{log}");
+        assert!(lines[0].contains("metrics_address: empty"), "{}", lines[0]);
+    }
+    Ok(())
+}
+
+/// `text` without ANSI colour sequences (the log writer colours field names).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -81,11 +81,19 @@ pub struct MonitorService {
     stats: Stats,
     /// Signs the watermarks; `None`: the status carries none.
     signer: Option<SignKey>,
+    /// The bound address of this node's `/metrics` ("" when it serves none).
+    metrics_address: String,
 }
 
 impl MonitorService {
     pub fn new(registry: Arc<Registry>, directory: Option<DirectoryWatch>, stats: Stats) -> Self {
-        Self { registry, directory, stats, signer: None }
+        Self { registry, directory, stats, signer: None, metrics_address: String::new() }
+    }
+
+    /// Names `addr`, where this node serves `/metrics`, in every status.
+    pub fn with_metrics_address(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_address = addr.to_string();
+        self
     }
 
     /// Signs every status's watermarks with `key`, the node's directory signing key.
@@ -144,7 +152,7 @@ impl MonitorService {
             inbound,
             certificates_refused: self.registry.certificates_refused(),
             watermarks,
-            ..Default::default()
+            metrics_address: self.metrics_address.clone(),
         })
     }
 }
