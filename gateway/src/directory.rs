@@ -149,8 +149,16 @@ fn publish(
 ) -> Result<Directory, DirectoryFileError> {
     entries.sort_by(|a, b| a.division.cmp(&b.division));
     let key = SignKey::load(&dir.join(pki::FEDERATION_KEY))?;
-    let body =
-        DirectoryBody { version: version(current) + 1, issued_at_ms: chrono::Utc::now().timestamp_millis(), entries };
+    // The gateway's own client certificate: nodes answer its Monitor and Assessment calls
+    // on their peer port, and nobody else's.
+    let (gateway_cert, _) = pki::gateway_identity(dir)?;
+    let gateway_cert_sha256 = pki::cert_sha256_of_pem_file(&gateway_cert)?.to_vec();
+    let body = DirectoryBody {
+        version: version(current) + 1,
+        issued_at_ms: chrono::Utc::now().timestamp_millis(),
+        entries,
+        gateway_cert_sha256,
+    };
     let signed = signed::sign(&body, &key);
     let file = path(dir);
     let directory = Directory::verify(signed.clone(), federation)

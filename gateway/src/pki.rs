@@ -99,8 +99,8 @@ pub fn validate_division(field: &'static str, value: &str) -> Result<(), PkiErro
     }
 }
 
-/// Creates a new federation in `dir`: the CA, the federation signing key and the
-/// federation salt. Refuses to touch a directory that already holds any of them.
+/// Creates a new federation in `dir`: the CA, the federation signing key, the federation
+/// salt and the gateway's client certificate. Refuses to touch a directory that already holds any of them.
 pub fn init(dir: &Path) -> Result<(), PkiError> {
     fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.display().to_string(), source })?;
     let files = [CA_CERT, CA_KEY, FEDERATION_KEY, FEDERATION_PUB, FEDERATION_SALT];
@@ -129,6 +129,10 @@ pub fn init(dir: &Path) -> Result<(), PkiError> {
             "ldx federation salt: the same on every node, turns ID numbers into person keys",
         )?;
         created.track(dir.join(FEDERATION_SALT));
+        // The gateway's client identity now, so a running gateway never needs `ca.key`.
+        let (cert, key) = gateway_identity(dir)?;
+        created.track(cert);
+        created.track(key);
         Ok(())
     })();
     if result.is_err() {

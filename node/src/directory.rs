@@ -313,7 +313,7 @@ mod tests {
             tls_cert_sha256: vec![u8::try_from(version).unwrap(); 32],
             signing_key: SignKey::generate().public().to_bytes().to_vec(),
         };
-        sign(&DirectoryBody { version, issued_at_ms: 1, entries: vec![entry] }, key)
+        sign(&DirectoryBody { version, issued_at_ms: 1, entries: vec![entry], ..Default::default() }, key)
     }
 
     fn open_store(dir: &tempfile::TempDir) -> Arc<Store> {

@@ -8,6 +8,7 @@ use ldx_proto::identity::{KeyFileError, PublicKey, SignKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
@@ -15,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::crypto::{DataKey, FederationSalt, KeyError};
 use crate::directory::{DirectoryWatch, DirectoryWatchError};
 use crate::exchange::Stats;
+use crate::exchange::guard::{Admit, PeerGuard};
 use crate::exchange::receiver::ExchangeService;
 use crate::exchange::sender::{SenderContext, supervise};
 use crate::exchange::tls::{PeerTls, TlsFileError};
@@ -166,12 +168,15 @@ pub async fn run_with_peer(
             stats: stats.clone(),
         };
         tokio::spawn(supervise(ctx, woken, stop_rx.clone()));
+        // Every peer-port service checks the caller against the directory on each call.
+        let gateway_only = PeerGuard::new(directory.clone(), Admit::Gateway);
+        let federation = PeerGuard::new(directory.clone(), Admit::Federation);
         let served = Server::builder()
             .tls_config(tls.server())?
-            .add_service(health_service.clone())
+            .add_service(InterceptedService::new(health_service.clone(), federation))
             .add_service(ExchangeService::new(registry.clone(), directory, stop_rx.clone()).into_server())
-            .add_service(monitor.clone().into_server())
-            .add_service(AssessmentService::new(registry.clone()).into_server())
+            .add_service(InterceptedService::new(monitor.clone().without_log().into_server(), gateway_only.clone()))
+            .add_service(InterceptedService::new(AssessmentService::new(registry.clone()).into_server(), gateway_only))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
         write_atomically(&config.peer_addr_file(), &format!("{addr}\n"))?;
         tracing::info!(division = %division, peer = %addr, "peer API serving (mutual TLS)");

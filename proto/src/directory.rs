@@ -18,6 +18,8 @@ pub enum DirectoryError {
     Decode(#[from] prost::DecodeError),
     #[error("directory entry {division:?}: {rule}")]
     Entry { division: String, rule: String },
+    #[error("directory gateway_cert_sha256 must be empty or 32 bytes, not {0}")]
+    GatewayCert(usize),
 }
 
 /// Signs `body` with the federation key.
@@ -35,6 +37,7 @@ pub struct Directory {
     issued_at_ms: i64,
     by_division: BTreeMap<String, DirectoryEntry>,
     by_cert: HashMap<[u8; 32], String>,
+    gateway_cert: Option<[u8; 32]>,
 }
 
 impl Directory {
@@ -42,6 +45,15 @@ impl Directory {
     pub fn verify(signed: SignedDirectory, federation: &PublicKey) -> Result<Self, DirectoryError> {
         federation.verify(DOMAIN, &signed.body, &signed.signature)?;
         let body = DirectoryBody::decode(signed.body.as_slice())?;
+        let gateway_cert = match body.gateway_cert_sha256.len() {
+            0 => None,
+            _ => Some(
+                body.gateway_cert_sha256
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DirectoryError::GatewayCert(body.gateway_cert_sha256.len()))?,
+            ),
+        };
         let mut by_division = BTreeMap::new();
         let mut by_cert = HashMap::new();
         for entry in body.entries {
@@ -62,7 +74,7 @@ impl Directory {
                 return Err(bad("division is listed twice"));
             }
         }
-        Ok(Self { signed, version: body.version, issued_at_ms: body.issued_at_ms, by_division, by_cert })
+        Ok(Self { signed, version: body.version, issued_at_ms: body.issued_at_ms, by_division, by_cert, gateway_cert })
     }
 
     pub fn version(&self) -> u64 {
@@ -96,6 +108,11 @@ impl Directory {
         self.by_cert.get(fingerprint).map(String::as_str)
     }
 
+    /// SHA-256 of the gateway's client certificate, if the directory names one.
+    pub fn gateway_cert_sha256(&self) -> Option<&[u8; 32]> {
+        self.gateway_cert.as_ref()
+    }
+
     /// The Ed25519 key of `division`'s node.
     pub fn signing_key(&self, division: &str) -> Option<PublicKey> {
         self.by_division.get(division).and_then(|e| PublicKey::from_bytes(&e.signing_key).ok())
@@ -116,7 +133,7 @@ mod tests {
     }
 
     fn body(entries: Vec<DirectoryEntry>) -> DirectoryBody {
-        DirectoryBody { version: 3, issued_at_ms: 1, entries }
+        DirectoryBody { version: 3, issued_at_ms: 1, entries, ..Default::default() }
     }
 
     #[test]

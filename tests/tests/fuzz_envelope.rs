@@ -292,6 +292,7 @@ fn directory(keys: &Keys) -> Directory {
         version: 1,
         issued_at_ms: 1,
         entries: vec![entry(SENDER, 1, &keys.sender), entry(OTHER, 2, &keys.other)],
+        ..Default::default()
     };
     Directory::verify(ldx_proto::directory::sign(&body, &federation), &federation.public()).unwrap()
 }

@@ -1,6 +1,7 @@
 //! Channels between nodes: the receiving side (`ldx.v1.Exchange` over mutual TLS) and one
 //! sender task per outbound channel, with what both report to `ldx.v1.Monitor`.
 
+pub mod guard;
 pub mod receiver;
 pub mod sender;
 pub mod tls;

@@ -263,6 +263,7 @@ mod tests {
             version: 7,
             issued_at_ms: 1,
             entries: vec![entry(FROM, 1, key), entry(TO, 2, &SignKey::generate())],
+            ..Default::default()
         };
         Directory::verify(ldx_proto::directory::sign(&body, &federation), &federation.public()).unwrap()
     }

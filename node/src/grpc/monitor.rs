@@ -83,11 +83,19 @@ pub struct MonitorService {
     signer: Option<SignKey>,
     /// The bound address of this node's `/metrics` ("" when it serves none).
     metrics_address: String,
+    /// False on the peer port: the message log (with person keys) is for staff only.
+    serves_log: bool,
 }
 
 impl MonitorService {
     pub fn new(registry: Arc<Registry>, directory: Option<DirectoryWatch>, stats: Stats) -> Self {
-        Self { registry, directory, stats, signer: None, metrics_address: String::new() }
+        Self { registry, directory, stats, signer: None, metrics_address: String::new(), serves_log: true }
+    }
+
+    /// The same service without `ListLog`, for the peer port.
+    pub fn without_log(mut self) -> Self {
+        self.serves_log = false;
+        self
     }
 
     /// Names `addr`, where this node serves `/metrics`, in every status.
@@ -172,6 +180,9 @@ impl monitor_server::Monitor for MonitorService {
     }
 
     async fn list_log(&self, request: Request<pb::ListLogRequest>) -> Result<Response<pb::ListLogResponse>, Status> {
+        if !self.serves_log {
+            return Err(Status::permission_denied("the message log is served on the staff API only"));
+        }
         let req = request.into_inner();
         let limit = match req.limit {
             0 => LOG_PAGE_DEFAULT,

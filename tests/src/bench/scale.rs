@@ -76,7 +76,7 @@ fn directory_blocking(config: &BenchConfig) -> anyhow::Result<DirectoryResults> 
     let federation = SignKey::generate();
     let node_key = SignKey::generate().public().to_bytes();
     let entries: Vec<_> = codes.iter().enumerate().map(|(n, c)| entry(c, n, &node_key)).collect();
-    let body = DirectoryBody { version: 1, issued_at_ms: 0, entries };
+    let body = DirectoryBody { version: 1, issued_at_ms: 0, entries, ..Default::default() };
     let signed = sign(&body, &federation);
     let mut out = DirectoryResults {
         entries: codes.len(),
@@ -164,6 +164,7 @@ mod tests {
             version: 1,
             issued_at_ms: 0,
             entries: vec![entry("410103007", 0, &pk), entry("410103008", 1, &pk)],
+            ..Default::default()
         };
         let dir = Directory::verify(sign(&body, &key), &key.public()).unwrap();
         assert_eq!(dir.route("410103007001").unwrap().division, "410103007");
