@@ -39,6 +39,18 @@ pub fn render(status: &pb::StatusResponse) -> String {
         vec![(String::new(), status.directory_version as f64)],
     );
     family(
+        "ldx_directory_fetched_timestamp_seconds",
+        "gauge",
+        "When the node last fetched the directory from the gateway (Unix seconds; 0: never).",
+        vec![(String::new(), status.directory_fetched_ms as f64 / 1000.0)],
+    );
+    family(
+        "ldx_directory_fetch_failing",
+        "gauge",
+        "1 while the node's last attempt to fetch the directory failed, else 0.",
+        vec![(String::new(), if status.directory_error.is_empty() { 0.0 } else { 1.0 })],
+    );
+    family(
         "ldx_channel_head_seq",
         "gauge",
         "Last sequence number written to the channel.",
@@ -248,6 +260,8 @@ mod tests {
         assert!(text.contains("ldx_channel_up{node=\"410103007\",peer=\"411421\"} 0\n"));
         assert!(text.contains("ldx_inbound_applied_seq{node=\"410103007\",peer=\"411421\",to=\"410103007\"} 7\n"));
         assert!(text.contains("# TYPE ldx_channel_pending gauge\n"));
+        assert!(text.contains("ldx_directory_fetched_timestamp_seconds{node=\"410103007\"} 0\n"), "{text}");
+        assert!(text.contains("ldx_directory_fetch_failing{node=\"410103007\"} 0\n"), "{text}");
         // Every sample line is `name{labels} number`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
