@@ -219,7 +219,11 @@ fn update(report: &mut NodeReport, division: &str, answer: Result<(pb::StatusRes
             report.watermarks = watermarks;
         }
         Err(error) => {
-            if report.reachable || report.last_error != error {
+            if report.last_contact_ms == 0 && report.last_error.is_empty() {
+                // A node that never answered yet is usually still starting (or still
+                // waiting for its directory): the first failure is news, not a warning.
+                tracing::info!(node = %division, error = %error, "node not answering yet");
+            } else if report.reachable || report.last_error != error {
                 tracing::warn!(node = %division, error = %error, "node unreachable");
             }
             report.reachable = false;

@@ -368,11 +368,14 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr; `RUST_LOG` takes precedence over the configured filter.
+/// Logs to stderr (coloured on a terminal only); `RUST_LOG` takes precedence over the
+/// configured filter.
 pub fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour only on a terminal: log files and journals get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -158,7 +158,13 @@ impl exchange_server::Exchange for ExchangeService {
 
     async fn sync(&self, request: Request<Streaming<pb::SyncRequest>>) -> Result<Response<ResponseStream>, Status> {
         let channel = identify(&request, self.directory.current(), self.registry.division()).inspect_err(|s| {
-            tracing::warn!(code = ?s.code(), message = s.message(), "sync refused");
+            // Before its first directory a node turns every sender away; that is start-up,
+            // not an attack, and the sender retries.
+            if s.code() == tonic::Code::Unavailable {
+                tracing::debug!(message = s.message(), "sync refused");
+            } else {
+                tracing::warn!(code = ?s.code(), message = s.message(), "sync refused");
+            }
             metrics::counter!("ldx_sync_refused_total").increment(1);
         })?;
         let registry = self.registry.clone();

@@ -131,6 +131,9 @@ async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut 
                 let retry_in_ms = backoff.as_millis() as u64;
                 if error == last_error {
                     tracing::debug!(peer = %peer, error = %error, retry_in_ms, "channel still interrupted");
+                } else if matches!(e, SessionError::Refused { code: tonic::Code::Unavailable, .. }) {
+                    // The peer is starting, stopping or waiting for its directory.
+                    tracing::info!(peer = %peer, error = %error, retry_in_ms, "peer not ready");
                 } else {
                     tracing::warn!(peer = %peer, error = %error, retry_in_ms, "channel interrupted");
                 }
