@@ -124,6 +124,16 @@ pub enum PkiCommand {
         #[arg(long, value_name = "URL", requires = "bundle")]
         gateway: Option<String>,
     },
+    /// Revoke a node's certificate: its entry leaves the directory, its fingerprint joins
+    /// the signed revocation list (refused by every node from their next directory poll),
+    /// and DIR/nodes/CODE/ is moved aside so `pki issue` can give the node a new one.
+    Revoke {
+        #[command(flatten)]
+        pki: PkiDir,
+        /// Division code of the node.
+        #[arg(long)]
+        division: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +165,13 @@ pub enum DirectoryCommand {
     },
     /// Show the current version and entries.
     List {
+        #[command(flatten)]
+        pki: PkiDir,
+    },
+    /// Sign the same entries again as the next version, valid for another 7 days. The
+    /// running gateway does this by itself when it holds federation.key; without it, run
+    /// this where the key is kept (e.g. daily from a timer) and copy directory.bin over.
+    Refresh {
         #[command(flatten)]
         pki: PkiDir,
     },
@@ -347,6 +364,26 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
     match command {
+        PkiCommand::Revoke { pki, division } => {
+            let (directory, fingerprint) = directory::revoke(&pki.dir, &division)?;
+            println!(
+                "directory version {}: {division} revoked (cert sha256 {})",
+                directory.version(),
+                hex::encode(fingerprint)
+            );
+            let node = pki::node_dir(&pki.dir, &division);
+            if node.exists() {
+                let aside = node.with_file_name(format!("{division}.revoked-v{}", directory.version()));
+                std::fs::rename(&node, &aside)
+                    .with_context(|| format!("cannot move {} to {}", node.display(), aside.display()))?;
+                println!("  its files moved to {}", aside.display());
+            }
+            println!("every node refuses the certificate once it has fetched this version (one poll)");
+            println!(
+                "to give the node a new certificate: ldx-gateway pki issue --pki {} --division {division}, then directory add",
+                pki.dir.display()
+            );
+        }
         PkiCommand::Init { pki } => {
             pki::init(&pki.dir)?;
             println!("federation created in {}", pki.dir.display());
@@ -354,8 +391,10 @@ fn pki_command(command: PkiCommand) -> anyhow::Result<()> {
                 println!("  {}", pki.dir.join(file).display());
             }
             println!();
+            println!("keep ca.key offline; give every node ca.crt, federation.pub and federation.salt");
             println!(
-                "keep ca.key and federation.key offline; give every node ca.crt, federation.pub and federation.salt"
+                "federation.key signs the directory: left beside the running gateway it keeps the directory fresh \
+                 (nodes refuse a directory older than 7 days); kept offline, run `ldx-gateway directory refresh` daily"
             );
             println!("next: ldx-gateway pki issue --pki {} --division CODE", pki.dir.display());
         }
@@ -401,8 +440,16 @@ fn directory_command(command: DirectoryCommand) -> anyhow::Result<()> {
             println!("directory version {}: {division} removed", directory.version());
         }
         DirectoryCommand::List { pki } => print_directory(directory::load(&pki.dir)?.as_ref()),
+        DirectoryCommand::Refresh { pki } => {
+            let directory = directory::refresh(&pki.dir)?;
+            println!("directory version {}: valid until {}", directory.version(), rfc3339(directory.not_after_ms()));
+        }
     }
     Ok(())
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
 
 fn print_directory(directory: Option<&ldx_proto::directory::Directory>) {
@@ -410,9 +457,13 @@ fn print_directory(directory: Option<&ldx_proto::directory::Directory>) {
         println!("directory version 0: no entries yet");
         return;
     };
-    let issued = chrono::DateTime::from_timestamp_millis(directory.issued_at_ms())
-        .map_or_else(|| directory.issued_at_ms().to_string(), |t| t.to_rfc3339());
-    println!("directory version {}, issued {issued}", directory.version());
+    println!(
+        "directory version {}, issued {}, valid until {}; {} certificate(s) revoked",
+        directory.version(),
+        rfc3339(directory.issued_at_ms()),
+        rfc3339(directory.not_after_ms()),
+        directory.revoked().count()
+    );
     println!();
     // The name goes last: its Chinese characters are two columns wide each.
     println!("{:<10} {:<30} {:<17} {:<17} NAME", "DIVISION", "ENDPOINT", "CERT SHA256", "SIGNING KEY");

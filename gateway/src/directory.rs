@@ -119,7 +119,7 @@ pub fn add(
         tls_cert_sha256: cert_sha256.to_vec(),
         signing_key: signing_key.to_bytes().to_vec(),
     });
-    publish(dir, &federation, current.as_ref(), entries)
+    publish(dir, &federation, current.as_ref(), entries, None)
 }
 
 /// Removes `division`'s node from the directory.
@@ -136,28 +136,74 @@ pub fn remove(dir: &Path, division: &str) -> Result<Directory, DirectoryFileErro
         });
     }
     let entries = current.iter().flat_map(Directory::entries).filter(|e| e.division != division).cloned().collect();
-    publish(dir, &federation, current.as_ref(), entries)
+    publish(dir, &federation, current.as_ref(), entries, None)
+}
+
+/// Revokes the certificate of `division`'s node: its entry leaves the directory and the
+/// certificate's SHA-256 joins the signed revocation list, so no node accepts it again and
+/// no entry may list it. Returns the new version and the revoked fingerprint.
+pub fn revoke(dir: &Path, division: &str) -> Result<(Directory, [u8; 32]), DirectoryFileError> {
+    pki::validate_division("division", division)?;
+    let federation = federation_key(dir)?;
+    let current = load_with(dir, &federation)?;
+    let Some(entry) = current.as_ref().and_then(|d| d.get(division)) else {
+        return Err(DirectoryFileError::Invalid {
+            field: "division",
+            value: division.to_owned(),
+            rule: "is not in the directory (only a listed node's certificate can be revoked)".into(),
+        });
+    };
+    let fingerprint: [u8; 32] = entry.tls_cert_sha256.as_slice().try_into().expect("verified: 32 bytes");
+    let entries = current.iter().flat_map(Directory::entries).filter(|e| e.division != division).cloned().collect();
+    let directory = publish(dir, &federation, current.as_ref(), entries, Some(fingerprint))?;
+    Ok((directory, fingerprint))
+}
+
+/// Signs the entries again as the next version with a fresh validity
+/// ([`signed::VALIDITY_MS`]): what the running gateway does once half of it has passed
+/// when it holds `federation.key`, and what an operator runs (e.g. from a timer where the
+/// key is kept) when it does not.
+pub fn refresh(dir: &Path) -> Result<Directory, DirectoryFileError> {
+    let federation = federation_key(dir)?;
+    let current = load_with(dir, &federation)?;
+    let entries = current.iter().flat_map(Directory::entries).cloned().collect();
+    publish(dir, &federation, current.as_ref(), entries, None)
 }
 
 /// Signs the next version with `federation.key`, checks it verifies with
-/// `federation.pub`, and replaces the file.
+/// `federation.pub`, and replaces the file. The revocation list of `current` is carried
+/// over, with `revoke` added.
 fn publish(
     dir: &Path,
     federation: &PublicKey,
     current: Option<&Directory>,
     mut entries: Vec<DirectoryEntry>,
+    revoke: Option<[u8; 32]>,
 ) -> Result<Directory, DirectoryFileError> {
     entries.sort_by(|a, b| a.division.cmp(&b.division));
+    let mut revoked: Vec<[u8; 32]> = current.iter().flat_map(|d| d.revoked()).copied().chain(revoke).collect();
+    revoked.sort_unstable();
+    revoked.dedup();
+    if let Some(listed) = entries.iter().find(|e| revoked.iter().any(|r| r.as_slice() == e.tls_cert_sha256)) {
+        return Err(DirectoryFileError::Invalid {
+            field: "cert",
+            value: hex::encode(&listed.tls_cert_sha256),
+            rule: format!("was revoked; issue {} a new certificate (ldx-gateway pki issue)", listed.division),
+        });
+    }
     let key = SignKey::load(&dir.join(pki::FEDERATION_KEY))?;
     // The gateway's own client certificate: nodes answer its Monitor and Assessment calls
     // on their peer port, and nobody else's.
     let (gateway_cert, _) = pki::gateway_identity(dir)?;
     let gateway_cert_sha256 = pki::cert_sha256_of_pem_file(&gateway_cert)?.to_vec();
+    let issued_at_ms = chrono::Utc::now().timestamp_millis();
     let body = DirectoryBody {
         version: version(current) + 1,
-        issued_at_ms: chrono::Utc::now().timestamp_millis(),
+        issued_at_ms,
         entries,
         gateway_cert_sha256,
+        not_after_ms: issued_at_ms + signed::VALIDITY_MS,
+        revoked_cert_sha256: revoked.iter().map(|r| r.to_vec()).collect(),
     };
     let signed = signed::sign(&body, &key);
     let file = path(dir);
@@ -285,6 +331,72 @@ impl DirectoryService {
     /// The PKI directory the directory file lives in.
     pub fn pki_dir(&self) -> &Path {
         &self.pki_dir
+    }
+
+    /// Keeps the served directory current: once half of its validity has passed, signs the
+    /// next version with the same entries if `federation.key` is here; without the key,
+    /// warns (at most hourly) from a day before it goes stale, naming the command to run.
+    pub fn keep_fresh(&self) -> Freshness {
+        let Some(current) = self.current() else { return Freshness::Empty };
+        let now = chrono::Utc::now().timestamp_millis();
+        let remaining = current.not_after_ms() - now;
+        if current.not_after_ms() != 0 && remaining > signed::VALIDITY_MS / 2 {
+            return Freshness::Current;
+        }
+        if !self.pki_dir.join(pki::FEDERATION_KEY).exists() {
+            return Freshness::NeedsKey { remaining_ms: remaining };
+        }
+        match refresh(&self.pki_dir) {
+            Ok(next) => {
+                tracing::info!(version = next.version(), "directory signed again with a fresh validity");
+                self.current();
+                Freshness::Refreshed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sign a fresh directory");
+                Freshness::NeedsKey { remaining_ms: remaining }
+            }
+        }
+    }
+}
+
+/// What [`DirectoryService::keep_fresh`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Empty,
+    Current,
+    Refreshed,
+    /// Half the validity has passed and the gateway cannot sign: someone must run
+    /// `ldx-gateway directory refresh` where `federation.key` is kept.
+    NeedsKey {
+        remaining_ms: i64,
+    },
+}
+
+/// Runs [`DirectoryService::keep_fresh`] every ten minutes until `shutdown`.
+pub async fn keep_fresh(service: DirectoryService, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(600));
+    let mut last_warned: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticks.tick() => {}
+        }
+        let checking = service.clone();
+        let checked = tokio::task::spawn_blocking(move || checking.keep_fresh()).await.unwrap_or(Freshness::Empty);
+        if let Freshness::NeedsKey { remaining_ms } = checked
+            && remaining_ms < 24 * 60 * 60 * 1000
+            && last_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600))
+        {
+            last_warned = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                remaining_h = remaining_ms / 3_600_000,
+                pki = %service.pki_dir().display(),
+                "the directory goes stale soon and this gateway has no federation.key to sign a fresh one; \
+                 run `ldx-gateway directory refresh --pki DIR` where the key is kept, or nodes stop syncing"
+            );
+        }
     }
 }
 

@@ -42,7 +42,7 @@ pub const GATEWAY_KEY: &str = "gateway.key";
 /// these parameters and the stored CA key, so they must never change for an existing CA.
 const CA_COMMON_NAME: &str = "ldx federation CA";
 const CA_YEARS: i32 = 10;
-const NODE_YEARS: i32 = 2;
+const NODE_YEARS: i32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -142,7 +142,7 @@ pub fn init(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// Issues the TLS certificate and signing key of `division`'s node, signed by the CA in
-/// `dir` and valid from today for two years. Refuses to overwrite an existing node
+/// `dir` and valid from today for one year. Refuses to overwrite an existing node
 /// directory.
 pub fn issue(dir: &Path, division: &str) -> Result<IssuedNode, PkiError> {
     issue_node(dir, division, |params| set_validity(params, NODE_YEARS))
@@ -182,7 +182,7 @@ pub fn issue_with_bundle(dir: &Path, division: &str, bundle: &Path, gateway: &st
 
 /// Issues `division`'s node as [`issue`] does, but with a certificate valid from
 /// `not_before` to `not_after` (UTC, in whole seconds as X.509 records them) instead of
-/// from today for two years.
+/// from today for one year.
 ///
 /// For tests that need an expired or not-yet-valid certificate of the federation CA, and
 /// for operators who deliberately back-date a certificate or issue one with a validity of

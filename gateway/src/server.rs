@@ -79,6 +79,10 @@ pub async fn run_with_metrics(
     let service = DirectoryService::open(pki_dir)?;
     let version = service.current().map_or(0, |d| d.version());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut fresh_stop = stop_rx.clone();
+    let fresh_task = tokio::spawn(crate::directory::keep_fresh(service.clone(), async move {
+        let _ = fresh_stop.wait_for(|s| *s).await;
+    }));
     let mut metrics_task = None;
     if let Some(options) = metrics {
         let history = match &options.history {
@@ -129,6 +133,7 @@ pub async fn run_with_metrics(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);
+    let _ = fresh_task.await;
     if let Some(task) = metrics_task {
         let _ = task.await;
     }

@@ -1,6 +1,10 @@
 //! The node's view of the federation directory: the copy cached in the store, kept current
-//! by polling the gateway. Only a directory signed by the federation key and newer than
-//! the one held is taken, so a broken or hostile gateway can at worst withhold updates.
+//! by polling the gateway. Only a directory signed by the federation key, newer than the
+//! one held and not stale (its signed `not_after`) is taken, so a broken or hostile
+//! gateway, or anyone between it and the node, can at worst withhold updates, and only
+//! until the directory held goes stale: from then on the node talks to no peer
+//! ([`DirectoryWatch::current`] is `None`) until a current directory comes, so a withheld
+//! revocation cannot be outlasted.
 
 use std::{
     future::Future,
@@ -44,6 +48,18 @@ pub struct DirectoryStatus {
     pub attempted_at_ms: i64,
     /// Why the last fetch failed or was refused; empty once one succeeds.
     pub last_error: String,
+    /// UTC milliseconds when the version in use was signed (0: none).
+    pub issued_at_ms: i64,
+    /// UTC milliseconds after which the version in use is stale (0: none).
+    pub not_after_ms: i64,
+}
+
+impl DirectoryStatus {
+    fn held(&mut self, directory: &Directory) {
+        self.version = directory.version();
+        self.issued_at_ms = directory.issued_at_ms();
+        self.not_after_ms = directory.not_after_ms();
+    }
 }
 
 /// The directory in use. Cheap to clone; every clone sees the same directory.
@@ -60,6 +76,8 @@ struct Inner {
     status: Mutex<DirectoryStatus>,
     /// Set once the node warned that no directory came within the grace period.
     missing_warned: AtomicBool,
+    /// Set while the node has said that its directory is stale.
+    stale_warned: AtomicBool,
 }
 
 impl DirectoryWatch {
@@ -97,10 +115,18 @@ impl DirectoryWatch {
         if let Some(d) = &cached {
             tracing::info!(version = d.version(), entries = d.entries().count(), "directory loaded from the store");
         }
-        status.version = cached.as_ref().map_or(0, |d| d.version());
+        if let Some(d) = &cached {
+            status.held(d);
+        }
         let (directory, _) = watch::channel(cached.map(Arc::new));
-        let inner =
-            Inner { store, federation, directory, status: Mutex::new(status), missing_warned: AtomicBool::new(false) };
+        let inner = Inner {
+            store,
+            federation,
+            directory,
+            status: Mutex::new(status),
+            missing_warned: AtomicBool::new(false),
+            stale_warned: AtomicBool::new(false),
+        };
         let watch = Self { inner: Arc::new(inner) };
         if let Some(endpoint) = endpoint {
             tokio::spawn(poll_loop(watch.inner.clone(), endpoint, poll, shutdown));
@@ -108,8 +134,27 @@ impl DirectoryWatch {
         Ok(watch)
     }
 
-    /// The directory in use, if the node has one.
+    /// The directory to admit and reach peers by: `None` when the node has none, or only
+    /// a stale one (past its signed `not_after`). Checked on every connection and batch.
     pub fn current(&self) -> Option<Arc<Directory>> {
+        let held = self.latest()?;
+        if held.is_stale_at(now_ms()) {
+            if !self.inner.stale_warned.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    version = held.version(),
+                    not_after_ms = held.not_after_ms(),
+                    "the directory in use is stale and no current one has come from the gateway; \
+                     no peer is admitted or sent to until one does"
+                );
+            }
+            return None;
+        }
+        Some(held)
+    }
+
+    /// The directory held, stale or not: for routing a record to the node it belongs to
+    /// (queued until that node can be reached) and for reporting.
+    pub fn latest(&self) -> Option<Arc<Directory>> {
         self.inner.directory.borrow().clone()
     }
 
@@ -136,14 +181,19 @@ enum CachedError {
     Invalid(String),
 }
 
-/// The verified directory cached in the store, if any.
+/// The verified directory cached in the store, if any. A stale one is kept (it still
+/// routes); [`DirectoryWatch::current`] withholds it from peer checks.
 fn load_cached(store: &Store, federation: &PublicKey) -> Result<Option<Directory>, CachedError> {
     let Some(bytes) = store.meta(MetaKey::Directory).map_err(CachedError::Store)? else {
         return Ok(None);
     };
     let signed: SignedDirectory =
         codec::decode("directory", &bytes).map_err(|e| CachedError::Invalid(e.to_string()))?;
-    Directory::verify(signed, federation).map(Some).map_err(|e| CachedError::Invalid(e.to_string()))
+    let directory = Directory::verify(signed, federation).map_err(|e| CachedError::Invalid(e.to_string()))?;
+    if directory.not_after_ms() == 0 {
+        return Err(CachedError::Invalid(format!("version {} carries no not_after", directory.version())));
+    }
+    Ok(Some(directory))
 }
 
 async fn poll_loop(inner: Arc<Inner>, endpoint: Endpoint, poll: Duration, shutdown: impl Future<Output = ()>) {
@@ -223,11 +273,23 @@ impl Inner {
         if version == known_version {
             return Ok(());
         }
+        if directory.not_after_ms() == 0 {
+            return Err(format!("version {version} carries no not_after (a gateway older than this node)"));
+        }
+        if directory.is_stale_at(now_ms()) {
+            return Err(format!(
+                "version {version} went stale at {} (its signed not_after); the gateway must sign a fresh one",
+                format_ms(directory.not_after_ms())
+            ));
+        }
         self.store
             .put_meta(MetaKey::Directory, &codec::encode(directory.signed()))
             .map_err(|e| format!("cannot cache version {version}: {e}"))?;
         tracing::info!(version, entries = directory.entries().count(), "directory updated");
-        self.status().version = version;
+        self.status().held(&directory);
+        if self.stale_warned.swap(false, Ordering::Relaxed) {
+            tracing::info!(version, "a current directory came; peers are admitted again");
+        }
         self.directory.send_replace(Some(Arc::new(directory)));
         Ok(())
     }
@@ -246,6 +308,11 @@ impl Inner {
             status.last_error = error;
         }
     }
+}
+
+/// RFC 3339 UTC of a millisecond timestamp, for messages.
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
 
 fn now_ms() -> i64 {
@@ -307,13 +374,18 @@ mod tests {
     }
 
     fn directory(key: &SignKey, version: u64) -> SignedDirectory {
+        directory_until(key, version, now_ms() + 3_600_000)
+    }
+
+    /// Version `version`, stale after `not_after_ms`.
+    fn directory_until(key: &SignKey, version: u64, not_after_ms: i64) -> SignedDirectory {
         let entry = DirectoryEntry {
             division: DIVISION.into(),
             endpoint: "https://127.0.0.1:7302".into(),
             tls_cert_sha256: vec![u8::try_from(version).unwrap(); 32],
             signing_key: SignKey::generate().public().to_bytes().to_vec(),
         };
-        sign(&DirectoryBody { version, issued_at_ms: 1, entries: vec![entry], ..Default::default() }, key)
+        sign(&DirectoryBody { version, issued_at_ms: 1, entries: vec![entry], not_after_ms, ..Default::default() }, key)
     }
 
     fn open_store(dir: &tempfile::TempDir) -> Arc<Store> {
@@ -438,6 +510,40 @@ mod tests {
         until("the refusal", || watch.status().last_error.contains("older than version 3")).await;
         assert_eq!(version(&watch), 3);
         assert_eq!(cached_version(&store, &key.public()), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stale_directory_is_refused_and_a_stale_copy_admits_no_peer() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = open_store(&temp);
+        let key = SignKey::generate();
+        let gateway = FakeGateway::default();
+        // Valid for a moment only: in use at first, stale soon after.
+        gateway.serve(directory_until(&key, 1, now_ms() + 2_000));
+        let (url, _stop, _task) = start_gateway(gateway.clone()).await;
+        let watch =
+            DirectoryWatch::start(store.clone(), key.public(), Some(url), POLL, std::future::pending()).unwrap();
+        until("version 1", || version(&watch) == 1).await;
+        assert!(watch.status().not_after_ms > 0);
+
+        // Someone between gateway and node replays a version whose validity has passed, or
+        // one signed without a limit: neither is taken.
+        gateway.serve(directory_until(&key, 2, now_ms() - 1));
+        until("the stale refusal", || watch.status().last_error.contains("went stale")).await;
+        gateway.serve(directory_until(&key, 3, 0));
+        until("the unbounded refusal", || watch.status().last_error.contains("carries no not_after")).await;
+        assert_eq!(watch.latest().unwrap().version(), 1);
+
+        // Once version 1 is stale itself, no peer is admitted or sent to by it; it still
+        // routes, and the status still names it.
+        until("version 1 to go stale", || watch.current().is_none()).await;
+        assert_eq!(watch.latest().unwrap().version(), 1);
+        assert_eq!(watch.status().version, 1);
+
+        // A current version brings the peers back.
+        gateway.serve(directory(&key, 4));
+        until("version 4", || version(&watch) == 4).await;
+        assert_eq!(cached_version(&store, &key.public()), 4);
     }
 
     #[tokio::test]

@@ -45,6 +45,12 @@ pub fn render(status: &pb::StatusResponse) -> String {
         vec![(String::new(), status.directory_fetched_ms as f64 / 1000.0)],
     );
     family(
+        "ldx_directory_not_after_timestamp_seconds",
+        "gauge",
+        "When the directory in use goes stale (Unix seconds; 0: no directory); the node then talks to no peer.",
+        vec![(String::new(), status.directory_not_after_ms as f64 / 1000.0)],
+    );
+    family(
         "ldx_directory_fetch_failing",
         "gauge",
         "1 while the node's last attempt to fetch the directory failed, else 0.",

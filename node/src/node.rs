@@ -114,7 +114,7 @@ pub async fn run_with_peer(
         let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
         let routes = directory.clone();
         let router =
-            Arc::new(move |code: &str| routes.current().and_then(|d| d.route(code).map(|e| e.division.clone())));
+            Arc::new(move |code: &str| routes.latest().and_then(|d| d.route(code).map(|e| e.division.clone())));
         registry = registry.with_exchange(ExchangeHooks { router, wake, deadlines: config.deadlines.clone() });
         // Reports and verdicts carry this node's own signature, checked against the
         // directory's keys of the others.
@@ -122,7 +122,7 @@ pub async fn run_with_peer(
         let keys = directory.clone();
         registry = registry.with_reports(ReportHooks {
             signer: report_signer,
-            keys: Arc::new(move |code: &str| keys.current().and_then(|d| d.signing_key(code))),
+            keys: Arc::new(move |code: &str| keys.latest().and_then(|d| d.signing_key(code))),
         });
         peer = Some((listener, tls, signing_key, directory, woken));
     }

@@ -1,7 +1,7 @@
 //! The signed federation directory: signing and verification, and routing by longest
 //! prefix of the division code.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message;
 
@@ -20,7 +20,14 @@ pub enum DirectoryError {
     Entry { division: String, rule: String },
     #[error("directory gateway_cert_sha256 must be empty or 32 bytes, not {0}")]
     GatewayCert(usize),
+    #[error("directory revoked_cert_sha256 must hold 32-byte fingerprints, not {0} bytes")]
+    Revoked(usize),
 }
+
+/// How long a directory version stays current after it is signed. The gateway signs a
+/// fresh version (same entries, next version) once half of this has passed, so a node
+/// that hears nothing newer for this long knows its directory may be withheld from it.
+pub const VALIDITY_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Signs `body` with the federation key.
 pub fn sign(body: &DirectoryBody, key: &SignKey) -> SignedDirectory {
@@ -35,9 +42,11 @@ pub struct Directory {
     signed: SignedDirectory,
     version: u64,
     issued_at_ms: i64,
+    not_after_ms: i64,
     by_division: BTreeMap<String, DirectoryEntry>,
     by_cert: HashMap<[u8; 32], String>,
     gateway_cert: Option<[u8; 32]>,
+    revoked: HashSet<[u8; 32]>,
 }
 
 impl Directory {
@@ -54,6 +63,11 @@ impl Directory {
                     .map_err(|_| DirectoryError::GatewayCert(body.gateway_cert_sha256.len()))?,
             ),
         };
+        let revoked = body
+            .revoked_cert_sha256
+            .iter()
+            .map(|f| <[u8; 32]>::try_from(f.as_slice()).map_err(|_| DirectoryError::Revoked(f.len())))
+            .collect::<Result<HashSet<_>, _>>()?;
         let mut by_division = BTreeMap::new();
         let mut by_cert = HashMap::new();
         for entry in body.entries {
@@ -67,6 +81,9 @@ impl Directory {
             let cert: [u8; 32] =
                 entry.tls_cert_sha256.as_slice().try_into().map_err(|_| bad("tls_cert_sha256 must be 32 bytes"))?;
             PublicKey::from_bytes(&entry.signing_key).map_err(|_| bad("signing_key must be an Ed25519 public key"))?;
+            if revoked.contains(&cert) {
+                return Err(bad("certificate is revoked"));
+            }
             if by_cert.insert(cert, entry.division.clone()).is_some() {
                 return Err(bad("certificate is listed for two divisions"));
             }
@@ -74,7 +91,16 @@ impl Directory {
                 return Err(bad("division is listed twice"));
             }
         }
-        Ok(Self { signed, version: body.version, issued_at_ms: body.issued_at_ms, by_division, by_cert, gateway_cert })
+        Ok(Self {
+            signed,
+            version: body.version,
+            issued_at_ms: body.issued_at_ms,
+            not_after_ms: body.not_after_ms,
+            by_division,
+            by_cert,
+            gateway_cert,
+            revoked,
+        })
     }
 
     pub fn version(&self) -> u64 {
@@ -83,6 +109,26 @@ impl Directory {
 
     pub fn issued_at_ms(&self) -> i64 {
         self.issued_at_ms
+    }
+
+    /// UTC milliseconds after which this version is stale (0: no limit was signed).
+    pub fn not_after_ms(&self) -> i64 {
+        self.not_after_ms
+    }
+
+    /// True once `now_ms` is past the signed limit.
+    pub fn is_stale_at(&self, now_ms: i64) -> bool {
+        self.not_after_ms != 0 && now_ms > self.not_after_ms
+    }
+
+    /// True when the certificate with this SHA-256 was revoked.
+    pub fn is_revoked(&self, fingerprint: &[u8; 32]) -> bool {
+        self.revoked.contains(fingerprint)
+    }
+
+    /// Every revoked fingerprint, for the next version.
+    pub fn revoked(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.revoked.iter()
     }
 
     /// The signed form, for caching and serving.

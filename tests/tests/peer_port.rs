@@ -5,12 +5,13 @@
 //! Monitor.Status and Assessment, and nobody reads the message log there.
 
 use std::path::Path;
+use std::time::Duration;
 
 use ldx_gateway::pki;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::assessment_client::AssessmentClient;
 use ldx_proto::v1::monitor_client::MonitorClient;
-use ldx_tests::cluster::Cluster;
+use ldx_tests::cluster::{Cluster, wait_until};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -43,7 +44,7 @@ async fn codes(channel: Channel) -> [Code; 4] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_identity_gets_only_what_the_directory_allows_it() {
-    let cluster = Cluster::builder().nodes([NODE, OTHER]).start().await.unwrap();
+    let mut cluster = Cluster::builder().nodes([NODE, OTHER]).start().await.unwrap();
 
     // A CA-issued certificate for a division the directory does not list.
     let outside = tempfile::tempdir().unwrap();
@@ -69,4 +70,21 @@ async fn each_identity_gets_only_what_the_directory_allows_it() {
     // On the staff API, the log is there for staff.
     let mut staff = cluster.node(NODE).monitor().await.unwrap();
     staff.list_log(pb::ListLogRequest { after: 0, limit: 10 }).await.unwrap();
+
+    // The running gateway needs neither the CA key nor the federation key: `pki init`
+    // issued its certificate, and the directory is signed where it is edited.
+    cluster.stop_gateway().await.unwrap();
+    let offline = tempfile::tempdir().unwrap();
+    for file in [pki::CA_KEY, pki::FEDERATION_KEY] {
+        std::fs::rename(cluster.pki_dir().join(file), offline.path().join(file)).unwrap();
+    }
+    cluster.start_gateway().await.unwrap();
+    wait_until(Duration::from_secs(30), "the gateway reads both nodes' status", async || {
+        cluster
+            .gateway_metrics()
+            .await
+            .is_ok_and(|m| [NODE, OTHER].iter().all(|n| m.contains(&format!("ldx_node_up{{node=\"{n}\"}} 1"))))
+    })
+    .await
+    .unwrap();
 }

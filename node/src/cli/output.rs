@@ -212,6 +212,7 @@ pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
                 "division": s.division, "directory_version": s.directory_version, "certificates_refused": s.certificates_refused,
                 "directory_fetched_ms": s.directory_fetched_ms, "directory_attempted_ms": s.directory_attempted_ms,
                 "directory_error": s.directory_error, "now_ms": s.now_ms,
+                "directory_issued_ms": s.directory_issued_ms, "directory_not_after_ms": s.directory_not_after_ms,
                 "outbound": out, "inbound": inb,
             })
         );
@@ -225,6 +226,15 @@ pub fn status_report(s: &pb::StatusResponse, as_json: bool) {
     );
     if s.directory_attempted_ms != 0 {
         println!("directory last asked {}", ago(s.directory_attempted_ms, s.now_ms));
+    }
+    if s.directory_not_after_ms != 0 {
+        let until = chrono::DateTime::from_timestamp_millis(s.directory_not_after_ms)
+            .map_or_else(|| s.directory_not_after_ms.to_string(), |t| t.to_rfc3339());
+        if s.directory_not_after_ms < s.now_ms {
+            println!("directory STALE since {until}: no peer is admitted or sent to until a current one comes");
+        } else {
+            println!("directory signed {}, valid until {until}", ago(s.directory_issued_ms, s.now_ms));
+        }
     }
     if !s.directory_error.is_empty() {
         println!("directory not updated: {}", s.directory_error);

@@ -53,8 +53,8 @@ pub enum ReportCommand {
 pub enum WorkCommand {
     /// What is due and overdue at this node, and the service calendar.
     List {
-        /// Show items due before this date, YYYY-MM-DD (default: within 31 days).
-        /// Overdue items always show.
+        /// Show items due before this date, YYYY-MM-DD, at most 366 days ahead (default:
+        /// every duty falling due this quarter or the next). Overdue items always show.
         #[arg(long)]
         due_before: Option<String>,
     },
@@ -187,8 +187,18 @@ pub async fn report(args: &ClientArgs, command: ReportCommand) -> anyhow::Result
 pub async fn work(args: &ClientArgs, command: WorkCommand) -> anyhow::Result<()> {
     let (mut client, _) = connect(args).await?;
     let WorkCommand::List { due_before } = command;
-    let req = pb::ListWorkRequest { due_before: due_before.unwrap_or_default() };
-    let list = client.list_work(req).await.map_err(status)?.into_inner();
+    let asked = due_before.is_some();
+    let mut req = pb::ListWorkRequest { due_before: due_before.unwrap_or_default(), ..Default::default() };
+    let mut list = client.list_work(req.clone()).await.map_err(status)?.into_inner();
+    // Every page, with the first page's horizon (a later page may not cross midnight).
+    req.due_before.clone_from(&list.due_before);
+    while !list.next_page_token.is_empty() {
+        req.page_token = std::mem::take(&mut list.next_page_token);
+        let page = client.list_work(req.clone()).await.map_err(status)?.into_inner();
+        list.items.extend(page.items);
+        list.unreadable = list.unreadable.max(page.unreadable);
+        list.next_page_token = page.next_page_token;
+    }
     if args.json {
         let items: Vec<_> = list
             .items
@@ -208,11 +218,15 @@ pub async fn work(args: &ClientArgs, command: WorkCommand) -> anyhow::Result<()>
             .collect();
         println!(
             "{}",
-            json!({ "today": list.today, "due_before": list.due_before, "items": items, "calendar": calendar })
+            json!({
+                "today": list.today, "due_before": list.due_before, "items": items, "calendar": calendar,
+                "unreadable": list.unreadable,
+            })
         );
         return Ok(());
     }
-    println!("today {}; due before {}", list.today, list.due_before);
+    let horizon = if asked { "" } else { " (this quarter and the next; --due-before looks further, up to a year)" };
+    println!("today {}; due before {}{horizon}", list.today, list.due_before);
     let header = ["DUE", "", "WHAT", "ID NUMBER", "PERIOD", "PEER", "DETAIL"];
     let rows: Vec<[String; 7]> = list
         .items
@@ -231,6 +245,12 @@ pub async fn work(args: &ClientArgs, command: WorkCommand) -> anyhow::Result<()>
         .collect();
     print!("{}", table(&header, &rows));
     println!("{} item(s), {} overdue", list.items.len(), list.items.iter().filter(|i| i.overdue).count());
+    if list.unreadable > 0 {
+        println!(
+            "warning: {} record(s) did not open with this node's data key and are not listed (see the node's log)",
+            list.unreadable
+        );
+    }
     if !list.calendar.is_empty() {
         println!("\ncalendar");
         for c in &list.calendar {

@@ -46,7 +46,25 @@ impl ExchangeService {
 struct Channel {
     from: String,
     to: String,
-    directory: Arc<Directory>,
+    /// SHA-256 of the sender's certificate, re-checked against the current directory on
+    /// every batch (a revocation or rotation reaches streams already open).
+    fingerprint: [u8; 32],
+}
+
+impl Channel {
+    /// The current directory, if it still lists the sender's certificate as `from`.
+    fn recheck(&self, current: Option<Arc<Directory>>) -> Result<Arc<Directory>, Status> {
+        let directory = current.ok_or_else(|| Status::unavailable("this node has no current directory"))?;
+        if directory.division_of_cert(&self.fingerprint) != Some(self.from.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "client certificate sha256 {} is not listed for {} in directory version {} any more",
+                hex::encode(self.fingerprint),
+                self.from,
+                directory.version()
+            )));
+        }
+        Ok(directory)
+    }
 }
 
 fn identify<T>(request: &Request<T>, directory: Option<Arc<Directory>>, own: &Division) -> Result<Channel, Status> {
@@ -77,7 +95,7 @@ fn identify<T>(request: &Request<T>, directory: Option<Arc<Directory>>, own: &Di
             "{CHANNEL_TO_HEADER}: {to:?} is not within this node's division {own}"
         )));
     }
-    Ok(Channel { from, to, directory })
+    Ok(Channel { from, to, fingerprint })
 }
 
 /// Checks a batch received on channel `from -> to` before anything in it is applied:
@@ -188,6 +206,7 @@ impl exchange_server::Exchange for ExchangeService {
         let mut inbound = request.into_inner();
         let registry = self.registry.clone();
         let mut stop = self.stop.clone();
+        let watch = self.directory.clone();
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -210,7 +229,15 @@ impl exchange_server::Exchange for ExchangeService {
                         return;
                     }
                 };
-                let outcome = match verify_batch(&channel.directory, &channel.from, &channel.to, batch) {
+                let directory = match channel.recheck(watch.current()) {
+                    Ok(directory) => directory,
+                    Err(status) => {
+                        tracing::warn!(from = %channel.from, message = status.message(), "sync stream closed");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let outcome = match verify_batch(&directory, &channel.from, &channel.to, batch) {
                     Ok(envelopes) => {
                         let registry = registry.clone();
                         let (from, to) = (channel.from.clone(), channel.to.clone());

@@ -150,6 +150,22 @@ async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut 
     }
 }
 
+/// Fails unless the current directory still pins `pinned` as `peer`'s certificate.
+fn recheck(ctx: &SenderContext, peer: &str, pinned: &[u8; 32]) -> Result<(), SessionError> {
+    let directory = ctx.directory.current().ok_or(SessionError::NoDirectory)?;
+    let entry = directory
+        .route(peer)
+        .ok_or_else(|| SessionError::NoRoute { peer: peer.to_owned(), version: directory.version() })?;
+    if entry.tls_cert_sha256.as_slice() != pinned || directory.is_revoked(pinned) {
+        return Err(SessionError::Untrusted(format!(
+            "directory version {} no longer pins the certificate {peer} presented (sha256 {}); reconnecting",
+            directory.version(),
+            hex::encode(pinned)
+        )));
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(
     ctx: &SenderContext,
     f: impl FnOnce(&Registry) -> Result<T, String> + Send + 'static,
@@ -231,6 +247,9 @@ async fn session(
     loop {
         let head = ctx.registry.outbound().into_iter().find(|(p, _)| p == peer).map_or(0, |(_, s)| s.head_seq);
         while inflight.len() < inflight_max && next <= head {
+            // The receiver must still be the one the current directory pins: a revocation
+            // or rotation reaches a connection already open.
+            recheck(ctx, peer, &pinned)?;
             let (max_count, max_bytes) = (ctx.config.batch_max_envelopes as usize, ctx.config.batch_max_bytes as usize);
             let peer_owned = peer.to_owned();
             let batch = blocking(ctx, move |r| {

@@ -155,6 +155,8 @@ impl MonitorService {
             directory_fetched_ms: directory.fetched_at_ms,
             directory_attempted_ms: directory.attempted_at_ms,
             directory_error: directory.last_error,
+            directory_issued_ms: directory.issued_at_ms,
+            directory_not_after_ms: directory.not_after_ms,
             now_ms: now,
             outbound,
             inbound,

@@ -161,9 +161,13 @@ fn report_id(registry: &Registry, n: u32, period: &str, issuer: &str) -> String 
         .report_id
 }
 
-/// (kind, due, overdue, person n, period) of the worklist, sorted.
+/// (kind, due, overdue, person n, period) of the worklist, sorted; `""`: due within 31 days.
 fn work(registry: &Registry, due_before: &str) -> Vec<(String, String, bool, u32, String)> {
-    let list = registry.work_list(&pb::ListWorkRequest { due_before: due_before.into() }).unwrap();
+    let month_ahead = super::flows::add_days(registry.clock.today(), 31).to_string();
+    let due_before = if due_before.is_empty() { month_ahead } else { due_before.to_owned() };
+    let req = pb::ListWorkRequest { due_before, ..Default::default() };
+    let list = registry.work_list(&req).unwrap();
+    assert!(list.next_page_token.is_empty(), "one page");
     let person_n = |item: &pb::WorkItem| (1..=9).find(|n| id(*n) == item.id_number).unwrap_or(0);
     let mut out: Vec<_> =
         list.items.iter().map(|i| (i.kind.clone(), i.due.clone(), i.overdue, person_n(i), i.period.clone())).collect();
@@ -204,7 +208,8 @@ fn two_quarters_of_reports_are_issued_verified_and_answered() {
         work(r1, ""),
         (1..=3).map(|n| item("health_check", "2026-01-08", false, n, "2026Q1")).collect::<Vec<_>>()
     );
-    let calendar = r1.work_list(&pb::ListWorkRequest::default()).unwrap().calendar;
+    let req = pb::ListWorkRequest { due_before: "2026-02-05".into(), ..Default::default() };
+    let calendar = r1.work_list(&req).unwrap().calendar;
     let days: Vec<_> = calendar.iter().map(|c| (c.kind.as_str(), c.first_day.as_str())).collect();
     assert_eq!(days, [("monthly_check_day", "2026-01-08"), ("ledger_update", "2026-01-11")]);
     // With a longer horizon the Q1 reports show, due on the 10th day after the quarter.
@@ -503,4 +508,60 @@ fn a_planted_delay_lowers_notice_timeliness_on_both_sides_and_a_lost_notice_show
     f.deliver(ORIGIN, R1);
     assert_eq!(measured(&f, R1, ORIGIN, NOTICE_TIMELINESS), (5, 3));
     assert_eq!(measured(&f, ORIGIN, R1, NOTICE_TIMELINESS), (5, 3));
+}
+
+#[test]
+fn the_worklist_shows_this_quarter_and_the_next_looks_at_most_a_year_ahead_and_pages() {
+    let f = Federation::new("2026-01-05");
+    let r1 = f.at(R1);
+    for n in 1..=3 {
+        r1.move_in(&move_in(n, R1, "2026-01-02")).unwrap();
+    }
+
+    // By default: every duty falling due this quarter or the next, the Q1 reports (due
+    // 10 April) among them, which a month's horizon hides.
+    let list = r1.work_list(&pb::ListWorkRequest::default()).unwrap();
+    assert_eq!(list.due_before, "2026-07-01");
+    let mut got: Vec<_> = list.items.iter().map(|i| (i.kind.as_str(), i.due.as_str(), i.period.as_str())).collect();
+    got.dedup();
+    assert_eq!(
+        got,
+        [
+            ("health_check", "2026-01-08", "2026Q1"),
+            ("feedback_awaited", "2026-02-04", ""),
+            ("health_check", "2026-04-08", "2026Q2"),
+            ("report_to_issue", "2026-04-10", "2026Q1"),
+        ]
+    );
+    assert_eq!(list.items.len(), 12);
+
+    // A year ahead at most: the far future is refused with the rule, not computed.
+    let far = |due_before: &str| pb::ListWorkRequest { due_before: due_before.into(), ..Default::default() };
+    assert!(r1.work_list(&far("2027-01-06")).is_ok());
+    let err = r1.work_list(&far("9999-12-31")).unwrap_err().to_string();
+    assert!(err.contains("due_before") && err.contains("366 days") && err.contains("2027-01-06"), "{err}");
+
+    // Pages of two, in order, each item once, the calendar on the first page only.
+    let whole = r1.work_list(&far("2027-01-06")).unwrap();
+    let mut paged = Vec::new();
+    let mut req = pb::ListWorkRequest { due_before: "2027-01-06".into(), page_size: 2, page_token: String::new() };
+    let mut pages = 0;
+    loop {
+        let page = r1.work_list(&req).unwrap();
+        assert!(page.items.len() <= 2);
+        assert_eq!(page.calendar.is_empty(), pages > 0);
+        pages += 1;
+        paged.extend(page.items);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    assert_eq!(paged, whole.items);
+    assert_eq!(pages, whole.items.len().div_ceil(2));
+    for (page_size, page_token) in [(5001, ""), (0, "zz"), (0, "00")] {
+        let req = pb::ListWorkRequest { page_size, page_token: page_token.into(), ..Default::default() };
+        let err = r1.work_list(&req).unwrap_err().to_string();
+        assert!(err.contains(if page_size > 0 { "page_size" } else { "page_token" }), "{err}");
+    }
 }

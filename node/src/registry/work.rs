@@ -17,8 +17,12 @@ use crate::domain::{InvalidField, Period};
 use crate::storage::keys::ReportKey;
 use crate::storage::records::{PersonRecord, PersonSecret, ReportRecord};
 
-/// Default horizon of a worklist.
-pub const HORIZON_DAYS: u32 = 31;
+/// The furthest a worklist looks ahead: a year (the report cycle is a quarter, so
+/// nothing is learnt beyond it), which also bounds what one request can cost.
+pub const MAX_HORIZON_DAYS: u32 = 366;
+/// Items per page of a worklist: default and most.
+pub const PAGE_SIZE_DEFAULT: u32 = 500;
+pub const PAGE_SIZE_MAX: u32 = 5000;
 /// The monthly check day (the 8th) and the ledger update days (11th to 14th).
 const CHECK_DAY: u32 = 8;
 const LEDGER_DAYS: (u32, u32) = (11, 14);
@@ -71,28 +75,87 @@ impl List {
     }
 }
 
+/// The order of a worklist, and the position a page token names: due date, kind,
+/// person, period, report.
+type SortKey = (String, String, String, String, String);
+
+fn sort_key(item: &pb::WorkItem) -> SortKey {
+    (item.due.clone(), item.kind.clone(), item.person_key.clone(), item.period.clone(), item.report_id.clone())
+}
+
+fn page_token(key: &SortKey) -> String {
+    hex::encode([&key.0, &key.1, &key.2, &key.3, &key.4].map(String::as_str).join("\u{1f}"))
+}
+
+fn parse_page_token(raw: &str) -> Result<SortKey, InvalidField> {
+    let bad = || InvalidField::new("page_token", raw, "must be the next_page_token of a previous page");
+    let text = String::from_utf8(hex::decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = text.split('\u{1f}').map(str::to_owned);
+    let mut next = || parts.next().ok_or_else(bad);
+    let key = (next()?, next()?, next()?, next()?, next()?);
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(key)
+}
+
+/// The horizon of a worklist: `due_before` as asked, at most [`MAX_HORIZON_DAYS`] ahead;
+/// by default every duty falling due in this quarter and the next.
+fn horizon(today: NaiveDate, raw: &str) -> Result<NaiveDate, InvalidField> {
+    if raw.is_empty() {
+        return Ok(Period::of(today).next().next().first_day());
+    }
+    let before = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| InvalidField::new("due_before", raw, "must be a date YYYY-MM-DD"))?;
+    let furthest = add_days(today, MAX_HORIZON_DAYS);
+    if before > furthest {
+        return Err(InvalidField::new(
+            "due_before",
+            raw,
+            format!("must be at most {MAX_HORIZON_DAYS} days after today ({today}), that is {furthest} or earlier"),
+        ));
+    }
+    Ok(before)
+}
+
 impl Registry {
-    /// What is due at this node before `due_before` (default: [`HORIZON_DAYS`] from
-    /// today), overdue items included, and the calendar days until then.
+    /// One page of what is due at this node before `due_before` (at most a year ahead;
+    /// default: this quarter and the next), overdue items included, and the calendar days
+    /// until then. The list is built from a scan of the records without the writer lock;
+    /// it holds at most a few items per person (one per quarter and duty within the
+    /// horizon) plus one per open report and due item. A record that will not open with
+    /// the data key is left out, counted and logged, not fatal.
     pub fn work_list(&self, req: &pb::ListWorkRequest) -> Result<pb::ListWorkResponse, RegistryError> {
         let today = self.clock.today();
-        let before = match req.due_before.as_str() {
-            "" => add_days(today, HORIZON_DAYS),
-            raw => NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-                .map_err(|_| InvalidField::new("due_before", raw, "must be a date YYYY-MM-DD"))?,
+        let before = horizon(today, &req.due_before)?;
+        let page_size = match req.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n if n <= PAGE_SIZE_MAX => n,
+            n => return Err(InvalidField::new("page_size", n, format!("must be at most {PAGE_SIZE_MAX}")).into()),
+        } as usize;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            raw => Some(parse_page_token(raw)?),
         };
         let deadlines = self.deadlines();
         let mut list = List { today, before, items: Vec::new() };
+        let mut unreadable = 0u32;
 
         let mut reports: HashMap<PersonKey, Vec<(ReportKey, ReportRecord)>> = HashMap::new();
         for (key, record) in self.store.reports()? {
             reports.entry(key.person).or_default().push((key, record));
         }
         let mut ids: HashMap<PersonKey, String> = HashMap::new();
-        let mut writer = self.lock();
         for item in self.store.persons_after(None) {
             let (key, record) = item?;
-            let secret = self.open(&key, &record)?;
+            let secret = match self.open(&key, &record) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    tracing::warn!(person = %key.to_hex(), error = %crate::error_chain(&error), "worklist: record does not open; left out");
+                    unreadable += 1;
+                    continue;
+                }
+            };
             let mine = reports.get(&key).map(Vec::as_slice).unwrap_or_default();
             self.person_work(&mut list, &key, &record, &secret, mine);
             ids.insert(key, secret.id_number);
@@ -136,16 +199,28 @@ impl Registry {
             };
             list.push(what, from_day_number(item.due_day), &due_key.person, work);
         }
+
+        let mut items: Vec<(SortKey, pb::WorkItem)> = list.items.into_iter().map(|i| (sort_key(&i), i)).collect();
+        if let Some(after) = &after {
+            items.retain(|(key, _)| key > after);
+        }
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let next_page_token = match items.get(page_size) {
+            Some(_) => page_token(&items[page_size - 1].0),
+            None => String::new(),
+        };
+        items.truncate(page_size);
+
+        let mut writer = self.lock();
         self.commit_audit(&mut writer, self.store.batch(), "list_work", None)?;
         drop(writer);
-
-        let mut items = list.items;
-        items.sort_by(|a, b| (&a.due, &a.kind, &a.person_key).cmp(&(&b.due, &b.kind, &b.person_key)));
         Ok(pb::ListWorkResponse {
             today: today.to_string(),
             due_before: before.to_string(),
-            items,
-            calendar: calendar(today, before),
+            items: items.into_iter().map(|(_, item)| item).collect(),
+            calendar: if after.is_none() { calendar(today, before) } else { Vec::new() },
+            next_page_token,
+            unreadable,
         })
     }
 
