@@ -232,11 +232,7 @@ impl Registry {
 
     /// One page of persons matching the filters, in `person_key` order.
     pub fn list(&self, req: &pb::ListPersonsRequest) -> Result<(Vec<pb::Person>, String), RegistryError> {
-        let page_size = match req.page_size {
-            0 => PAGE_SIZE_DEFAULT,
-            n if n <= PAGE_SIZE_MAX => n,
-            n => return Err(InvalidField::new("page_size", n, format!("must be at most {PAGE_SIZE_MAX}")).into()),
-        } as usize;
+        let page_size = page_size(req.page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let after = match req.page_token.as_str() {
             "" => None,
             token => Some(PersonKey::from_hex(token).ok_or_else(|| {
@@ -389,6 +385,15 @@ fn role_name(role: i32) -> &'static str {
         Ok(pb::Role::Residence) => "RESIDENCE",
         Ok(pb::Role::Workplace) => "WORKPLACE",
         _ => "UNSPECIFIED",
+    }
+}
+
+/// The page size a list request asks for: `default` for 0, an error above `max`.
+fn page_size(raw: u32, default: u32, max: u32) -> Result<usize, InvalidField> {
+    match raw {
+        0 => Ok(default as usize),
+        n if n <= max => Ok(n as usize),
+        n => Err(InvalidField::new("page_size", n, format!("must be at most {max}"))),
     }
 }
 

@@ -128,11 +128,7 @@ impl Registry {
     pub fn work_list(&self, req: &pb::ListWorkRequest) -> Result<pb::ListWorkResponse, RegistryError> {
         let today = self.clock.today();
         let before = horizon(today, &req.due_before)?;
-        let page_size = match req.page_size {
-            0 => PAGE_SIZE_DEFAULT,
-            n if n <= PAGE_SIZE_MAX => n,
-            n => return Err(InvalidField::new("page_size", n, format!("must be at most {PAGE_SIZE_MAX}")).into()),
-        } as usize;
+        let page_size = super::page_size(req.page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
         let after = match req.page_token.as_str() {
             "" => None,
             raw => Some(parse_page_token(raw)?),
