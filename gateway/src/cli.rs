@@ -265,7 +265,7 @@ async fn assess(pki: &Path, period: Option<String>, csv: bool, weights: Option<P
 fn print_ready(ready: &demo::DemoReady) {
     let nodes = &ready.nodes;
     println!("ldx demo federation: {} nodes, files in {}", nodes.len(), ready.root.display());
-    println!("gateway (signed directory): http://{}", ready.gateway);
+    println!("gateway (signed directory, TLS): https://{}", ready.gateway);
     println!("dashboard: http://{}/", ready.dashboard);
     println!("metrics:   http://{}/metrics", ready.dashboard);
     println!();

@@ -283,7 +283,7 @@ async fn start_node(
     config.peer.cert_file = issued.join(pki::NODE_CERT);
     config.peer.key_file = issued.join(pki::NODE_KEY);
     config.peer.signing_key_file = issued.join(pki::SIGNING_KEY);
-    config.directory.gateway = format!("http://{gateway}");
+    config.directory.gateway = format!("https://{gateway}");
     config.directory.federation_key_file = pki_dir.join(pki::FEDERATION_PUB);
     config.directory.poll_interval_ms = 500;
     config.exchange.backoff_initial_ms = 50;

@@ -8,6 +8,7 @@ pub mod collector;
 pub mod dashboard;
 pub mod demo;
 pub mod directory;
+pub mod directory_tls;
 pub mod history;
 pub mod nodes;
 pub mod pki;

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ldx_proto::identity::KeyFileError;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pki::{self, PkiError};
@@ -36,6 +37,7 @@ impl GatewayTls {
             std::fs::read(path).map_err(|source| PkiError::Read { path: path.display().to_string(), source })
         };
         let ca = Certificate::from_pem(read(&pki_dir.join(pki::CA_CERT))?);
+        ldx_proto::identity::check_secret_mode(&key).map_err(KeyFileError::from)?;
         let identity = Identity::from_pem(read(&cert)?, read(&key)?);
         Ok(Self { ca, identity })
     }

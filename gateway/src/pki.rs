@@ -272,8 +272,9 @@ fn issue_node(
     written.map(|()| issued)
 }
 
-/// The gateway's client certificate and key (URI SAN `ldx://gateway`), with which it reads
-/// every node's `Monitor` over mutual TLS; issued by the CA on first use.
+/// The gateway's certificate and key (URI SAN `ldx://gateway`, DNS name `gateway.ldx`),
+/// with which it reads every node's `Monitor` over mutual TLS and serves the directory over
+/// TLS; issued by the CA on first use.
 pub fn gateway_identity(dir: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
     let gateway = dir.join(GATEWAY_DIR);
     let (cert_path, key_path) = (gateway.join(GATEWAY_CERT), gateway.join(GATEWAY_KEY));
@@ -285,11 +286,14 @@ pub fn gateway_identity(dir: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, "ldx gateway");
-    params.subject_alt_names =
-        vec![SanType::URI(ia5("ldx://gateway".to_owned())?), SanType::DnsName(ia5("gateway.ldx".to_owned())?)];
+    params.subject_alt_names = vec![
+        SanType::URI(ia5("ldx://gateway".to_owned())?),
+        SanType::DnsName(ia5(identity::GATEWAY_DNS_NAME.to_owned())?),
+    ];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    // A client to the nodes' Monitor, and the server of the directory over TLS.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, NODE_YEARS);
     let cert = params

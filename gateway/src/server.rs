@@ -3,10 +3,10 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
+use ldx_node::listen;
 use ldx_proto::v1::directory_server::{self, DirectoryServer};
 use ldx_proto::v1::{FetchDirectoryRequest, FetchDirectoryResponse};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Server};
 
 use crate::directory::{DirectoryFileError, DirectoryService};
@@ -31,9 +31,12 @@ pub enum ServerError {
 
 /// Serves the directory of `pki_dir` on `listener` until `shutdown` resolves.
 ///
-/// The listener speaks plain HTTP/2 (h2c), not TLS: what protects the directory is the
+/// The listener speaks TLS with the gateway's certificate and plain HTTP/2 on one port
+/// (see [`crate::directory_tls`]). What protects the directory's content is the
 /// federation signature over it, which every node checks against its configured
-/// `federation.pub`. A party on the path can withhold or delay a version, never forge one.
+/// `federation.pub`; TLS hides the traffic and keeps a party on the path from holding a
+/// node's connection, and the signed `not_after` bounds how long a version can be kept
+/// from a node.
 pub async fn run(
     pki_dir: PathBuf,
     listener: TcpListener,
@@ -76,6 +79,8 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(SocketAddr) -> std::io::Result<()>,
 ) -> Result<(), ServerError> {
+    // The directory listener and the HTTP one.
+    listen::raise_open_files_limit(2);
     let service = DirectoryService::open(pki_dir)?;
     let version = service.current().map_or(0, |d| d.version());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -109,7 +114,8 @@ pub async fn run_with_metrics(
         );
         let mut stop = stop_rx.clone();
         metrics_task = Some(tokio::spawn(async move {
-            axum::serve(options.listener, router)
+            let listener = GuardedListener::new(options.listener, "gateway http", stop.clone())?;
+            axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -123,14 +129,27 @@ pub async fn run_with_metrics(
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
-    tracing::info!(addr = %addr, pki = %service.pki_dir().display(), version, "gateway serving the directory");
+    // TLS with the gateway's certificate for nodes that dial https://, beside plain HTTP/2.
+    let tls = match crate::pki::gateway_identity(service.pki_dir())
+        .map_err(|e| e.to_string())
+        .and_then(|(cert, key)| crate::directory_tls::server_config(&cert, &key))
+    {
+        Ok(config) => Some(config),
+        Err(e) => {
+            tracing::warn!(error = %e, "the directory is served without TLS (nodes must dial http://)");
+            None
+        }
+    };
+    tracing::info!(addr = %addr, pki = %service.pki_dir().display(), version, tls = tls.is_some(), "gateway serving the directory");
     ready(addr).map_err(ServerError::Ready)?;
     let served = Server::builder()
+        .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(DirectoryServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::directory_tls::incoming(listener, tls, stop_rx.clone()), shutdown)
         .await;
     let _ = stop_tx.send(true);
     let _ = fresh_task.await;
@@ -156,6 +175,47 @@ impl directory_server::Directory for DirectoryService {
         let newer = self.current().filter(|d| d.version() > known);
         tracing::debug!(sent = newer.as_ref().map(|d| d.version()), "directory fetch");
         Ok(Response::new(FetchDirectoryResponse { directory: newer.map(|d| d.signed().clone()) }))
+    }
+}
+
+/// A listener for axum within the connection limits and deadlines of [`listen`].
+struct GuardedListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<listen::Guarded>>,
+    local: SocketAddr,
+}
+
+impl GuardedListener {
+    fn new(
+        listener: TcpListener,
+        name: &'static str,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self { incoming: listen::incoming(listener, name, listen::Limits::default(), stop), local })
+    }
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = listen::Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(io)) => match io.peer_addr() {
+                    Ok(addr) => return (io, addr),
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => continue,
+                // Stopped: the server's graceful shutdown ends it.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

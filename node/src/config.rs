@@ -85,7 +85,7 @@ pub struct PeerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// The gateway's address, e.g. `http://10.0.0.1:7300`. Empty: use the cached copy only.
+    /// The gateway's address, e.g. `https://10.0.0.1:7300`. Empty: use the cached copy only.
     #[serde(default)]
     pub gateway: String,
     /// The federation's Ed25519 public key (64 hex digits) that signs the directory.
@@ -170,6 +170,10 @@ pub struct StorageConfig {
     /// registrations on power loss.
     #[serde(default = "defaults::sync_writes")]
     pub sync_writes: bool,
+    /// Free space (MB) kept on the data directory's disk: below it, changes are refused
+    /// with a clear error and health says NOT_SERVING, until space is freed.
+    #[serde(default = "defaults::reserve_mb")]
+    pub reserve_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +201,9 @@ mod defaults {
     }
     pub fn sync_writes() -> bool {
         true
+    }
+    pub fn reserve_mb() -> u64 {
+        64
     }
     pub fn log_level() -> String {
         "info".into()
@@ -322,7 +329,7 @@ impl Default for ApiConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { sync_writes: defaults::sync_writes() }
+        Self { sync_writes: defaults::sync_writes(), reserve_mb: defaults::reserve_mb() }
     }
 }
 
@@ -398,7 +405,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "directory.gateway",
                 value: self.directory.gateway.clone(),
-                rule: "must be empty or an http:// or https:// address, e.g. http://10.0.0.1:7300".into(),
+                rule: "must be empty or an http:// or https:// address, e.g. https://10.0.0.1:7300".into(),
             });
         }
         let positive = [
@@ -515,6 +522,9 @@ listen = "{api_listen}"
 [storage]
 # Fsync every write before answering.
 sync_writes = true
+# Free space (MB) kept on the data directory's disk: below it, changes are refused
+# (nothing half-written) and health says NOT_SERVING, until space is freed.
+reserve_mb = 64
 
 [log]
 # A level (info, debug) or a tracing directive (ldx_node=debug,info).
@@ -531,7 +541,7 @@ key_file = "pki/node.key"
 signing_key_file = "pki/signing.key"
 
 [directory]
-# The gateway that serves the signed directory, e.g. "http://10.0.0.1:7300". Empty: use
+# The gateway that serves the signed directory, e.g. "https://10.0.0.1:7300". Empty: use
 # the copy cached in the data directory.
 gateway = "{gateway}"
 federation_key_file = "pki/federation.pub"
@@ -663,6 +673,7 @@ mod tests {
                 ("LDX_FEDERATION_SALT_FILE", "/etc/ldx/salt"),
                 ("LDX_API__LISTEN", "127.0.0.1:9000"),
                 ("LDX_STORAGE__SYNC_WRITES", "false"),
+                ("LDX_STORAGE__RESERVE_MB", "16"),
                 ("LDX_LOG__LEVEL", "debug"),
                 ("LDX_PEER__LISTEN", "127.0.0.1:7302"),
                 ("LDX_PEER__CA_FILE", "/p/ca.crt"),
@@ -697,6 +708,7 @@ mod tests {
         assert_eq!(config.federation_salt_file, PathBuf::from("/etc/ldx/salt"));
         assert_eq!(config.api.listen, "127.0.0.1:9000");
         assert!(!config.storage.sync_writes);
+        assert_eq!(config.storage.reserve_mb, 16);
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.peer_addr().unwrap().unwrap().port(), 7302);
         assert_eq!(config.peer.ca_file, PathBuf::from("/p/ca.crt"));
@@ -724,7 +736,7 @@ mod tests {
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 29, "a new config key needs an override case above");
+        assert_eq!(count, 30, "a new config key needs an override case above");
     }
 
     #[test]

@@ -24,11 +24,14 @@ pub enum KeyError {
     Write { path: String, source: std::io::Error },
     #[error("key file {path} must hold {KEY_LEN} bytes as 64 hex digits")]
     Format { path: String },
+    #[error(transparent)]
+    Mode(#[from] ldx_proto::identity::OpenToOthers),
 }
 
 /// Reads a 32-byte key written as 64 hex digits (surrounding whitespace and `#` comment
 /// lines allowed).
 fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    ldx_proto::identity::check_secret_mode(path)?;
     let shown = path.display().to_string();
     let text =
         Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?);
@@ -55,6 +58,11 @@ pub fn write_new_key_file(path: &Path, comment: &str) -> Result<(), KeyError> {
         .map_err(|source| KeyError::Write { path: shown, source })
 }
 
+/// Constant-time equality of two slices of the same length.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn fingerprint(key: &[u8]) -> String {
     hex::encode(&Sha256::digest(key)[..4])
 }
@@ -63,7 +71,13 @@ fn fingerprint(key: &[u8]) -> String {
 pub struct DataKey {
     cipher: ChaCha20Poly1305,
     fingerprint: String,
+    /// `HMAC-SHA256(key, DATA_KEY_CHECK_LABEL)`: what the store keeps to recognise its key.
+    check: [u8; 32],
 }
+
+/// What the data key's check value is computed over. The check is keyed, so the store
+/// holding it tells nothing about the key.
+const DATA_KEY_CHECK_LABEL: &[u8] = b"ldx data key check v1";
 
 #[derive(Debug, thiserror::Error)]
 #[error("sealed value does not open with this node's data key (wrong key, or the data was altered)")]
@@ -76,7 +90,20 @@ impl DataKey {
     }
 
     pub fn from_bytes(key: &[u8; KEY_LEN]) -> Self {
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), fingerprint: fingerprint(key) }
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(DATA_KEY_CHECK_LABEL);
+        let check = mac.finalize().into_bytes().into();
+        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), fingerprint: fingerprint(key), check }
+    }
+
+    /// The keyed check value a store records of the key it was first written with.
+    pub fn check_value(&self) -> &[u8; 32] {
+        &self.check
+    }
+
+    /// Whether `stored` is this key's check value, compared in constant time.
+    pub fn matches_check(&self, stored: &[u8]) -> bool {
+        stored.len() == self.check.len() && subtle_eq(stored, &self.check)
     }
 
     /// Encrypts `plaintext`, bound to `context` (the storage key it is stored under) so a
@@ -213,7 +240,15 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            let err = DataKey::load(&path).unwrap_err();
+            assert!(matches!(err, KeyError::Mode(_)), "{err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         }
+        let check = DataKey::load(&path).unwrap();
+        assert!(check.matches_check(key.check_value()) && !check.matches_check(&[0; 32]));
+        assert!(!DataKey::from_bytes(&[1; 32]).matches_check(key.check_value()));
         fs::write(&path, "not hex").unwrap();
         assert!(matches!(DataKey::load(&path), Err(KeyError::Format { .. })));
     }

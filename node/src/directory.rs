@@ -16,10 +16,11 @@ use std::{
 };
 
 use ldx_proto::directory::Directory;
+use ldx_proto::identity::GATEWAY_DNS_NAME;
 use ldx_proto::identity::PublicKey;
 use ldx_proto::v1::{FetchDirectoryRequest, SignedDirectory, directory_client::DirectoryClient};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::storage::{StorageError, Store, codec, keys::MetaKey};
 
@@ -35,6 +36,8 @@ pub enum DirectoryWatchError {
     Store(#[from] StorageError),
     #[error("gateway: {url:?} is not a valid endpoint URL: {source}")]
     Gateway { url: String, source: tonic::transport::Error },
+    #[error("gateway: {url:?} is https:// but this node has no CA to verify it (peer.ca_file)")]
+    NoCa { url: String },
 }
 
 /// How the directory is doing, for the node's status report.
@@ -88,18 +91,33 @@ impl DirectoryWatch {
     ///
     /// A cached copy that no longer verifies (the federation key was changed) is logged
     /// and dropped rather than fatal: the gateway can supply a good one.
+    ///
+    /// An `https://` gateway is dialled over TLS and must present a certificate of the
+    /// federation CA `ca` for [`GATEWAY_DNS_NAME`]; an `http://` one is read in plain
+    /// HTTP/2 (the signature still protects the content, not the traffic).
     pub fn start(
         store: Arc<Store>,
         federation: PublicKey,
         gateway: Option<String>,
+        ca: Option<Certificate>,
         poll: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, DirectoryWatchError> {
         let endpoint = gateway
             .map(|url| {
-                Endpoint::from_shared(url.clone())
+                let endpoint = Endpoint::from_shared(url.clone())
                     .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT))
-                    .map_err(|source| DirectoryWatchError::Gateway { url, source })
+                    .map_err(|source| DirectoryWatchError::Gateway { url: url.clone(), source })?;
+                match (url.starts_with("https://"), &ca) {
+                    (false, _) => {
+                        tracing::warn!(gateway = %url, "the directory is fetched without TLS; use an https:// gateway address");
+                        Ok(endpoint)
+                    }
+                    (true, None) => Err(DirectoryWatchError::NoCa { url }),
+                    (true, Some(ca)) => endpoint
+                        .tls_config(ClientTlsConfig::new().ca_certificate(ca.clone()).domain_name(GATEWAY_DNS_NAME))
+                        .map_err(|source| DirectoryWatchError::Gateway { url, source }),
+                }
             })
             .transpose()?;
         let mut status = DirectoryStatus::default();
@@ -420,7 +438,7 @@ mod tests {
         let (url, _stop, _task) = start_gateway(gateway.clone()).await;
 
         let watch =
-            DirectoryWatch::start(store.clone(), key.public(), Some(url), POLL, std::future::pending()).unwrap();
+            DirectoryWatch::start(store.clone(), key.public(), Some(url), None, POLL, std::future::pending()).unwrap();
         let mut updates = watch.subscribe();
         until("version 1", || version(&watch) == 1).await;
         assert_eq!(cached_version(&store, &key.public()), 1);
@@ -450,7 +468,7 @@ mod tests {
 
         let store = open_store(&temp);
         let (stop_watch, watch_stopped) = oneshot::channel::<()>();
-        let watch = DirectoryWatch::start(store.clone(), key.public(), Some(url.clone()), POLL, async {
+        let watch = DirectoryWatch::start(store.clone(), key.public(), Some(url.clone()), None, POLL, async {
             let _ = watch_stopped.await;
         })
         .unwrap();
@@ -464,7 +482,7 @@ mod tests {
         gateway_task.await.unwrap();
 
         let store = open_store(&temp);
-        let watch = DirectoryWatch::start(store, key.public(), Some(url), POLL, std::future::pending()).unwrap();
+        let watch = DirectoryWatch::start(store, key.public(), Some(url), None, POLL, std::future::pending()).unwrap();
         assert_eq!(version(&watch), 4, "the cached copy is in use before any fetch");
         until("the fetch to fail", || watch.status().last_error.contains("unreachable")).await;
         assert_eq!(version(&watch), 4);
@@ -481,7 +499,7 @@ mod tests {
         gateway.serve(directory(&key, 1));
         let (url, _stop, _task) = start_gateway(gateway.clone()).await;
         let watch =
-            DirectoryWatch::start(store.clone(), key.public(), Some(url), POLL, std::future::pending()).unwrap();
+            DirectoryWatch::start(store.clone(), key.public(), Some(url), None, POLL, std::future::pending()).unwrap();
         until("version 1", || version(&watch) == 1).await;
 
         gateway.serve(directory(&SignKey::generate(), 2));
@@ -503,7 +521,7 @@ mod tests {
         gateway.serve(directory(&key, 3));
         let (url, _stop, _task) = start_gateway(gateway.clone()).await;
         let watch =
-            DirectoryWatch::start(store.clone(), key.public(), Some(url), POLL, std::future::pending()).unwrap();
+            DirectoryWatch::start(store.clone(), key.public(), Some(url), None, POLL, std::future::pending()).unwrap();
         until("version 3", || version(&watch) == 3).await;
 
         gateway.serve(directory(&key, 2));
@@ -522,7 +540,7 @@ mod tests {
         gateway.serve(directory_until(&key, 1, now_ms() + 2_000));
         let (url, _stop, _task) = start_gateway(gateway.clone()).await;
         let watch =
-            DirectoryWatch::start(store.clone(), key.public(), Some(url), POLL, std::future::pending()).unwrap();
+            DirectoryWatch::start(store.clone(), key.public(), Some(url), None, POLL, std::future::pending()).unwrap();
         until("version 1", || version(&watch) == 1).await;
         assert!(watch.status().not_after_ms > 0);
 
@@ -551,13 +569,14 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = open_store(&temp);
         let key = SignKey::generate();
-        let watch = DirectoryWatch::start(store.clone(), key.public(), None, POLL, std::future::pending()).unwrap();
+        let watch =
+            DirectoryWatch::start(store.clone(), key.public(), None, None, POLL, std::future::pending()).unwrap();
         assert!(watch.current().is_none());
         assert_eq!(watch.status(), DirectoryStatus::default());
         drop(watch);
 
         store.put_meta(MetaKey::Directory, &codec::encode(&directory(&SignKey::generate(), 9))).unwrap();
-        let watch = DirectoryWatch::start(store, key.public(), None, POLL, std::future::pending()).unwrap();
+        let watch = DirectoryWatch::start(store, key.public(), None, None, POLL, std::future::pending()).unwrap();
         assert!(watch.current().is_none(), "a cached copy under another key is dropped");
         assert!(watch.status().last_error.contains("cached directory refused"), "{:?}", watch.status());
     }
@@ -569,6 +588,7 @@ mod tests {
             open_store(&temp),
             SignKey::generate().public(),
             Some("not a url".into()),
+            None,
             POLL,
             std::future::pending(),
         )

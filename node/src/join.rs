@@ -32,7 +32,7 @@ pub struct JoinBundle {
     pub format: String,
     /// Division code of the node the certificate was issued to.
     pub division: String,
-    /// The gateway that serves the signed directory, e.g. `http://10.0.0.1:7300`.
+    /// The gateway that serves the signed directory, e.g. `https://10.0.0.1:7300`.
     pub gateway: String,
     pub ca_cert: String,
     pub node_cert: String,
@@ -206,7 +206,7 @@ mod tests {
         JoinBundle {
             format: FORMAT.into(),
             division: "410103007".into(),
-            gateway: "http://10.0.0.1:7300".into(),
+            gateway: "https://10.0.0.1:7300".into(),
             ca_cert: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
             node_cert: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
             node_key: "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n".into(),

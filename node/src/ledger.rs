@@ -3,7 +3,13 @@
 //!
 //! The file is UTF-8 with a header row, comma-separated, quoted as in RFC 4180. Columns go
 //! by name, in any order; the optional ones may be left out. A row that cannot become a
-//! request is a [`RowError`] naming its row and column; the rest of the file still reads.
+//! request is a [`RowError`] naming its row and column; the rest of the file still reads,
+//! and so does a row longer than [`ROW_BYTES_MAX`] (refused as a row error).
+//!
+//! A spreadsheet runs a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage
+//! return as a formula. An export writes such a cell with a leading `'` (the spreadsheet
+//! shows the text, the formula never runs), and an import takes that `'` off again, so
+//! the file still imports back unchanged.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,6 +36,25 @@ pub const COLUMNS: [&str; 11] = [
 
 /// Columns a file may leave out (an empty cell means the same).
 const OPTIONAL: [&str; 4] = ["phone", "household_division", "move_out_date", "next_division"];
+
+/// The longest data row read, in bytes: every column at its longest fits well within it.
+pub const ROW_BYTES_MAX: usize = 16 * 1024;
+
+/// What a spreadsheet takes as the start of a formula.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// `cell` as an export writes it: a leading `'` before what would start a formula.
+fn neutralised(cell: String) -> String {
+    if cell.starts_with(FORMULA_STARTS) { format!("'{cell}") } else { cell }
+}
+
+/// `cell` as an import reads it: the `'` an export put before a formula start taken off.
+fn restored(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest,
+        _ => cell,
+    }
+}
 
 /// The column a row error names when the row's shape, not one cell, is wrong.
 pub const SHAPE: &str = "columns";
@@ -152,6 +177,11 @@ pub fn read(input: &[u8], today: NaiveDate) -> Result<Ledger, LedgerError> {
         if record.iter().all(<[u8]>::is_empty) {
             continue;
         }
+        if record.as_slice().len() > ROW_BYTES_MAX {
+            let message = format!("the row is {} bytes long, at most {ROW_BYTES_MAX} allowed", record.as_slice().len());
+            ledger.errors.push(RowError::new(number, SHAPE, message));
+            continue;
+        }
         match columns.row(number, &record, today) {
             Ok(row) => ledger.rows.push(row),
             Err(e) => ledger.errors.push(e),
@@ -216,7 +246,7 @@ impl Columns {
             let cell = std::str::from_utf8(&record[i]).map_err(|_| {
                 RowError::new(number, column, "is not UTF-8 text (save the file as CSV UTF-8)".to_owned())
             })?;
-            cells.insert(*column, cell);
+            cells.insert(*column, restored(cell));
         }
         let cell = |column: &str| cells.get(column).copied().unwrap_or_default().to_owned();
         let category = spelled(&CATEGORIES, &cell("category"))
@@ -342,7 +372,7 @@ impl<W: io::Write> Writer<W> {
     }
 
     pub fn person(&mut self, p: &pb::Person) -> Result<(), LedgerError> {
-        self.csv.write_record(record(p)).map_err(LedgerError::Write)?;
+        self.csv.write_record(record(p).map(neutralised)).map_err(LedgerError::Write)?;
         self.rows += 1;
         Ok(())
     }
@@ -472,6 +502,39 @@ mod tests {
 
         // A second export of what was read is the same bytes.
         assert_eq!(export(&persons), bytes);
+    }
+
+    #[test]
+    fn formula_cells_are_exported_as_text_and_import_back_unchanged() {
+        let mut p = person();
+        p.name = "=HYPERLINK(\"http://x\",\"y\")".into();
+        p.address = "@SUM(A1:A9)".into();
+        p.phone = "+1+1".into();
+        let bytes = export(std::slice::from_ref(&p));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""), "{row}");
+        assert!(row.contains(",'@SUM(A1:A9),") && row.contains(",'+1+1,"), "{row}");
+        let ledger = read(&bytes, today()).unwrap();
+        let m = &ledger.rows[0].move_in;
+        assert_eq!((m.name.as_str(), m.address.as_str(), m.phone.as_str()), (p.name.as_str(), "@SUM(A1:A9)", "+1+1"));
+        // A quote before anything else is the cell's own text.
+        assert_eq!(restored("'twas"), "'twas");
+    }
+
+    #[test]
+    fn an_overlong_row_is_a_row_error_and_the_rest_reads() {
+        let huge = "名".repeat(ROW_BYTES_MAX);
+        let line = format!("{},{huge},,mixed-community,residence,410103007,x,2026-03-01,,,", id());
+        let text = format!("{HEADER}\n{line}\n{}\n", good_line());
+        let ledger = read(text.as_bytes(), today()).unwrap();
+        assert_eq!(ledger.rows.len(), 1);
+        assert_eq!(ledger.rows[0].number, 2);
+        assert_eq!(ledger.errors.len(), 1);
+        let e = &ledger.errors[0];
+        assert_eq!((e.row, e.field.as_str()), (1, SHAPE));
+        assert!(e.message.ends_with(&format!("at most {ROW_BYTES_MAX} allowed")), "{e}");
+        assert!(!e.message.contains('名'), "no personal data in the message: {e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod grpc;
 pub mod join;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod registry;

@@ -152,28 +152,29 @@ pub async fn serve(
     listener: TcpListener,
     monitor: MonitorService,
     registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => return,
-        };
+    use tokio_stream::StreamExt;
+    // A scraper needs a connection or two; the rest is someone else.
+    let limits = crate::listen::Limits { max_connections: 64, max_per_address: 16, ..Default::default() };
+    let mut incoming = crate::listen::incoming(listener, "metrics", limits, stop);
+    while let Some(Ok(mut stream)) = incoming.next().await {
         let (monitor, registry) = (monitor.clone(), registry.clone());
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
+            let read_head = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
                 }
+                true
+            };
+            // The whole request head within the start deadline, or the connection is closed.
+            if !matches!(tokio::time::timeout(crate::listen::START_TIMEOUT, read_head).await, Ok(true)) {
+                return;
             }
             let first_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
             let (code, content_type, body) = if first_line.starts_with(b"GET /metrics ") {

@@ -7,7 +7,6 @@ use std::{future::Future, path::Path, sync::Arc, time::Duration};
 use ldx_proto::identity::{KeyFileError, PublicKey, SignKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
@@ -23,6 +22,7 @@ use crate::exchange::tls::{PeerTls, TlsFileError};
 use crate::grpc::assessment::AssessmentService;
 use crate::grpc::monitor::MonitorService;
 use crate::grpc::registry::RegistryService;
+use crate::listen;
 use crate::registry::{ExchangeHooks, Registry, ReportHooks};
 use crate::storage::{StorageError, Store};
 
@@ -46,6 +46,101 @@ pub enum NodeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(
+        "the store still cannot write although the disk has space again ({reason}); the node stopped \
+         so that a restart reopens it (nothing acknowledged is lost)"
+    )]
+    StoreStuck { reason: String },
+}
+
+/// Creates the data directory readable by the node's user only (0700), and narrows one that
+/// others may enter. Where the node may not change the mode (a volume owned by another
+/// user), it says so and goes on: the files inside are still its own.
+fn private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
+    let io = |what: &str, source| NodeError::Io { what: format!("cannot {what} {}", dir.display()), source };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| io("create", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_err(|e| io("read the mode of", e))?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), was = %format!("{mode:04o}"), "data directory made private (0700)")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), mode = %format!("{mode:04o}"), error = %e, "cannot make the data directory private (0700)")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often the data directory's free space is checked, and a failing store probed.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long writes may keep failing with space back before the node stops for a restart.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// Keeps health true to whether the node can take changes: NOT_SERVING while writes fail
+/// (a full disk) or free space is below `reserve` bytes, SERVING again once a probe write
+/// works (RocksDB resumes by itself when space returns) and space is back.
+async fn watch_disk(
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    reserve: u64,
+    reopen: tokio::sync::oneshot::Sender<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use ldx_proto::v1::registry_server::RegistryServer;
+    let mut serving = true;
+    // Since when writes fail although free space is above the reserve.
+    let mut stuck_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DISK_CHECK_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let checked = store.clone();
+        let writable = tokio::task::spawn_blocking(move || {
+            if let Err(e) = checked.check_free_space(reserve) {
+                tracing::debug!(error = %e, "cannot read the data directory's free space");
+            }
+            if checked.write_failure().is_some() {
+                let _ = checked.probe_write();
+            }
+            checked.writable()
+        })
+        .await
+        .unwrap_or(serving);
+        // RocksDB resumes by itself after most no-space errors, not after a failed WAL
+        // write: then only reopening the store helps, which a restart does.
+        match (store.write_failure(), store.check_space().is_ok()) {
+            (Some(reason), true) => {
+                let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= STUCK_AFTER {
+                    tracing::error!(error = %reason, "the store cannot write although space is back; stopping so that a restart reopens it");
+                    let _ = reopen.send(reason);
+                    return;
+                }
+            }
+            _ => stuck_since = None,
+        }
+        if writable != serving {
+            serving = writable;
+            if serving {
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                health.set_serving::<RegistryServer<RegistryService>>().await;
+            } else {
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                health.set_not_serving::<RegistryServer<RegistryService>>().await;
+            }
+        }
+    }
 }
 
 /// Resolves once `stop` turns true.
@@ -81,21 +176,31 @@ pub async fn run_with_peer(
     peer_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // The staff, peer and metrics listeners.
+    listen::raise_open_files_limit(3);
     let data_key =
         DataKey::load(&config.data_key_file).map_err(|source| NodeError::Key { key: "data_key_file", source })?;
     let salt = FederationSalt::load(&config.federation_salt_file)
         .map_err(|source| NodeError::Key { key: "federation_salt_file", source })?;
     let division = config.division();
     let store_error = |source| NodeError::Store { path: config.data_dir.display().to_string(), source };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| NodeError::Io { what: format!("cannot create {}", config.data_dir.display()), source })?;
+    private_dir(&config.data_dir)?;
     let store =
         Arc::new(Store::open(&config.data_dir, division.as_str(), config.storage.sync_writes).map_err(store_error)?);
     let mut registry = Registry::new(store.clone(), data_key, salt, clock, division.clone()).map_err(store_error)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The disk watch stops the node when the store cannot write again after space returned.
+    let (reopen_tx, reopen_rx) = tokio::sync::oneshot::channel::<String>();
+    let reopen = Arc::new(std::sync::Mutex::new(None));
+    let reopen_reason = reopen.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            Ok(reason) = reopen_rx => {
+                *reopen_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+            }
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -110,7 +215,8 @@ pub async fn run_with_peer(
             .map_err(|source| NodeError::SigningKey { key: "directory.federation_key_file", source })?;
         let gateway = Some(config.directory.gateway.clone()).filter(|g| !g.is_empty());
         let poll = Duration::from_millis(config.directory.poll_interval_ms);
-        let directory = DirectoryWatch::start(store.clone(), federation, gateway, poll, stopped(stop_rx.clone()))?;
+        let directory =
+            DirectoryWatch::start(store.clone(), federation, gateway, Some(tls.ca()), poll, stopped(stop_rx.clone()))?;
         let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
         let routes = directory.clone();
         let router =
@@ -144,6 +250,8 @@ pub async fn run_with_peer(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
+    let reserve = config.storage.reserve_mb << 20;
+    tokio::spawn(watch_disk(store.clone(), health.clone(), reserve, reopen_tx, stop_rx.clone()));
     let monitor_directory = peer.as_ref().map(|p| p.3.clone());
     let mut monitor = MonitorService::new(registry.clone(), monitor_directory, stats.clone());
     // The node signs its watermarks, so the gateway's lag rests on what it applied.
@@ -172,12 +280,17 @@ pub async fn run_with_peer(
         let gateway_only = PeerGuard::new(directory.clone(), Admit::Gateway);
         let federation = PeerGuard::new(directory.clone(), Admit::Federation);
         let served = Server::builder()
+            .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
             .tls_config(tls.server())?
             .add_service(InterceptedService::new(health_service.clone(), federation))
             .add_service(ExchangeService::new(registry.clone(), directory, stop_rx.clone()).into_server())
             .add_service(InterceptedService::new(monitor.clone().without_log().into_server(), gateway_only.clone()))
             .add_service(InterceptedService::new(AssessmentService::new(registry.clone()).into_server(), gateway_only))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+            .serve_with_incoming_shutdown(
+                listen::incoming(listener, "peer", listen::Limits::default(), stop_rx.clone()),
+                stopped(stop_rx.clone()),
+            );
         write_atomically(&config.peer_addr_file(), &format!("{addr}\n"))?;
         tracing::info!(division = %division, peer = %addr, "peer API serving (mutual TLS)");
         peer_server = Some(tokio::spawn(served));
@@ -199,13 +312,18 @@ pub async fn run_with_peer(
     tracing::info!(division = %division, name = division.name(), api = %addr, "node serving");
 
     let served = Server::builder()
+        .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RegistryService::new(registry.clone()).into_server())
         .add_service(monitor.into_server())
         .add_service(AssessmentService::new(registry.clone()).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(stop_rx.clone()))
+        .serve_with_incoming_shutdown(
+            listen::incoming(api, "staff", listen::Limits::default(), stop_rx.clone()),
+            stopped(stop_rx.clone()),
+        )
         .await;
     let _ = std::fs::remove_file(&addr_file);
     if let Some(peer_server) = peer_server {
@@ -217,6 +335,9 @@ pub async fn run_with_peer(
     served?;
     drop(registry);
     drop(store);
+    if let Some(reason) = reopen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        return Err(NodeError::StoreStuck { reason });
+    }
     tracing::info!(division = %division, "node stopped");
     Ok(())
 }

@@ -15,7 +15,43 @@ pub enum KeyFileError {
     Write { path: String, source: std::io::Error },
     #[error("{path} must hold a 32-byte Ed25519 {what} as 64 hex digits")]
     Format { path: String, what: &'static str },
+    #[error(transparent)]
+    Mode(#[from] OpenToOthers),
 }
+
+/// A secret file that users other than its owner and group may read or change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{path} holds a secret key and is open to every user of the machine (mode {mode:04o}); \
+     make it readable by its owner only: chmod 600 {path}"
+)]
+pub struct OpenToOthers {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// Refuses a secret file that every user of the machine may read or write (any of the
+/// mode's "others" bits). Group access is allowed: Kubernetes mounts secrets group-readable
+/// (`defaultMode: 0440` with `fsGroup`), and the group is the service's own.
+pub fn check_secret_mode(path: &Path) -> Result<(), OpenToOthers> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Not readable at all is reported by the read that follows, with its own error.
+        if let Ok(meta) = fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o007 != 0 {
+                return Err(OpenToOthers { path: path.display().to_string(), mode });
+            }
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// DNS name of the gateway's certificate, which nodes verify when they fetch the
+/// directory over TLS (whatever host name the gateway's address uses).
+pub const GATEWAY_DNS_NAME: &str = "gateway.ldx";
 
 /// URI SAN of a node certificate: `ldx://division/<code>`.
 pub fn division_uri(division: &str) -> String {
@@ -55,6 +91,7 @@ impl SignKey {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        check_secret_mode(path)?;
         let bytes = read_hex32(path, "signing key")?;
         Ok(Self(SigningKey::from_bytes(&bytes)))
     }
@@ -161,6 +198,27 @@ fn write_hex32(path: &Path, comment: &str, bytes: &[u8; 32], secret: bool) -> Re
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_key_open_to_every_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        SignKey::generate().write_new(&path, "test").unwrap();
+        for (mode, ok) in [(0o600, true), (0o640, true), (0o440, true), (0o644, false), (0o602, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let loaded = SignKey::load(&path);
+            assert_eq!(loaded.is_ok(), ok, "mode {mode:o}");
+            if let Err(e) = loaded {
+                assert!(
+                    e.to_string()
+                        .contains(&format!("(mode {mode:04o}); make it readable by its owner only: chmod 600")),
+                    "{e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn signatures_are_bound_to_their_domain_and_message() {
         let key = SignKey::generate();
@@ -187,6 +245,8 @@ mod tests {
             let mode = fs::metadata(dir.path().join("k")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // Written like the key above, readable by its owner only.
+        key.write_new(&dir.path().join("bad"), "to be overwritten").unwrap();
         fs::write(dir.path().join("bad"), "zz").unwrap();
         assert!(SignKey::load(&dir.path().join("bad")).unwrap_err().to_string().contains("64 hex digits"));
     }

@@ -165,7 +165,8 @@ impl ClusterBuilder {
         };
         std::fs::create_dir_all(&gateway.dir)?;
         gateway.start().await?;
-        let gateway_url = format!("http://{}", gateway.addr.context("gateway started")?);
+        // Over TLS, as deployed: the gateway's certificate against the federation CA.
+        let gateway_url = format!("https://{}", gateway.addr.context("gateway started")?);
 
         let mut nodes = BTreeMap::new();
         for node in issued {
@@ -302,9 +303,10 @@ impl Cluster {
         self.root.path()
     }
 
-    /// `http://ADDR` of the gateway while it runs.
+    /// `https://ADDR` of the gateway's directory while it runs (it answers plain HTTP/2
+    /// on the same address too).
     pub fn gateway_endpoint(&self) -> Option<String> {
-        self.gateway.child.as_ref().and(self.gateway.addr).map(|a| format!("http://{a}"))
+        self.gateway.child.as_ref().and(self.gateway.addr).map(|a| format!("https://{a}"))
     }
 
     /// SIGTERM to the gateway; fails unless it exits cleanly.

@@ -122,6 +122,14 @@ impl TestNode {
         Ok(RegistryClient::connect(self.endpoint().to_owned()).await?)
     }
 
+    /// The exit status, once the process has ended by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        self.endpoint = None;
+        Some(status)
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         let mut child = self.child.take().context("node not running")?;

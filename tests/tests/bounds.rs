@@ -2,11 +2,16 @@
 //! quarter up to any `due_before` (9999-12-31 grew a node to 24 GB until the kernel
 //! killed it). Now the horizon is at most a year, the list comes in pages, and a node
 //! with 400 residents answers the furthest worklist within a stated memory bound.
+//!
+//! One large report used to block a channel for good: 25 services with 1,024-character
+//! details made an envelope of 77,598 bytes, over the 65,536 a receiver takes, and every
+//! notice behind it waited. Now a quarter holds at most the services one report carries,
+//! no envelope over the limit is ever queued, and the channel keeps flowing.
 
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{Datelike, Days, Months, NaiveDate, Utc};
 use ldx_gateway::synthetic;
 use ldx_proto::v1 as pb;
-use ldx_tests::cluster::Cluster;
+use ldx_tests::cluster::{Cluster, wait_until};
 use tonic::Code;
 
 const DAXUELU: &str = "410103007";
@@ -71,4 +76,79 @@ async fn the_worklist_is_bounded_and_paged() {
     let peak = peak_rss_kb(node.pid().unwrap());
     assert!(peak < PEAK_RSS_BOUND_KB, "node peaked at {peak} kB serving the worklists");
     println!("{} items for {PERSONS} residents in pages of 1000; node peak RSS {} MB", items.len(), peak / 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_too_large_for_a_channel_is_refused_at_the_staff_call_and_the_channel_flows() {
+    let cluster = Cluster::builder().nodes([DAXUELU, MINQUAN]).start().await.unwrap();
+    let mut registry = cluster.node(DAXUELU).registry().await.unwrap();
+    let today = Utc::now().date_naive();
+    let this_quarter = NaiveDate::from_ymd_opt(today.year(), today.month0() / 3 * 3 + 1, 1).unwrap();
+    let quarter = this_quarter.checked_sub_months(Months::new(3)).unwrap();
+    let period = format!("{}Q{}", quarter.year(), quarter.month0() / 3 + 1);
+    let her = synthetic::person(MINQUAN, 1);
+    registry.register_move_in(her.move_in(DAXUELU, quarter, pb::Category::MixedCommunity)).await.unwrap();
+
+    // The longest details, in four-byte characters: twelve fit one report, the 13th is
+    // refused with the field, the value and the rule, and nothing is stored.
+    let details = "\u{20000}".repeat(1024);
+    let service = |day: u64| pb::RecordServiceRequest {
+        id_number: her.id_number.clone(),
+        kind: pb::ServiceKind::HealthCheck as i32,
+        date: (quarter + Days::new(day)).to_string(),
+        details: details.clone(),
+    };
+    for day in 0..12 {
+        registry.record_service(service(day)).await.unwrap();
+    }
+    let status = registry.record_service(service(12)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("date: ")
+            && status.message().contains("the most one quarterly report carries (12)"),
+        "{}",
+        status.message()
+    );
+    let stored =
+        registry.get_person(pb::GetPersonRequest { id_number: her.id_number.clone() }).await.unwrap().into_inner();
+    assert_eq!(stored.person.unwrap().services.len(), 12);
+
+    registry
+        .record_photo(pb::RecordPhotoRequest { id_number: her.id_number.clone(), photo_digest: "ab".repeat(32) })
+        .await
+        .unwrap();
+    let report = registry
+        .issue_report(pb::IssueReportRequest { id_number: her.id_number.clone(), period: period.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+
+    // The report and a notice queued behind it both arrive.
+    let other = synthetic::person(MINQUAN, 2);
+    registry.register_move_in(other.move_in(DAXUELU, today, pb::Category::MixedCommunity)).await.unwrap();
+    let origin = cluster.node(MINQUAN);
+    let waited = wait_until(
+        std::time::Duration::from_secs(60),
+        "the report and the notice behind it at the origin",
+        async || {
+            let Ok(mut client) = origin.registry().await else { return false };
+            let Ok(reports) = client.list_reports(pb::ListReportsRequest::default()).await else { return false };
+            let arrived = reports.into_inner().reports.iter().any(|r| r.report_id == report.report_id);
+            arrived && matches!(origin.person(&other.id_number).await, Ok(Some(_)))
+        },
+    )
+    .await
+    .unwrap();
+    let c = &cluster;
+    wait_until(std::time::Duration::from_secs(30), "the channel acked to its head", async || {
+        let Ok(status) = c.node(DAXUELU).status().await else { return false };
+        status.outbound.iter().any(|o| o.peer == MINQUAN && o.pending == 0)
+    })
+    .await
+    .unwrap();
+    println!(
+        "a report of 12 services with 1,024 four-byte characters each and the notice behind it arrived within {waited:.2?}"
+    );
 }

@@ -50,11 +50,14 @@ async fn the_gateway_shows_unreachable_nodes_and_channel_lag() -> anyhow::Result
     cluster.node_mut(RECEIVER).stop().await?;
     register(&cluster, 20, 30).await?;
     let c = &cluster;
+    let mut seen = (None, None);
     let waited = wait_until(WAIT, "the gateway marks the stopped node down and shows the lag", async || {
         let Ok(text) = c.gateway_metrics().await else { return false };
-        sample(&text, &up) == Some(0.0) && sample(&text, &pending) == Some(30.0)
+        seen = (sample(&text, &up), sample(&text, &pending));
+        seen == (Some(0.0), Some(30.0))
     })
-    .await?;
+    .await
+    .map_err(|e| e.context(format!("last seen: up {:?}, pending {:?}\n{}", seen.0, seen.1, c.log_tails(30))))?;
     let text = cluster.gateway_metrics().await?;
     eprintln!(
         "stopped {RECEIVER}: down and 30 pending within {waited:.2?}; lag from its last report {:?}",

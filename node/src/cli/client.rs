@@ -56,15 +56,18 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
                 page_token: a.page_token,
             };
             let mut persons = Vec::new();
+            let mut unreadable = 0;
             let next = loop {
                 let page = client.list_persons(req.clone()).await.map_err(status)?.into_inner();
                 persons.extend(page.persons);
+                unreadable += page.unreadable;
                 if !a.all || page.next_page_token.is_empty() {
                     break page.next_page_token;
                 }
                 req.page_token = page.next_page_token;
             };
             output::person_list(&persons, &next, args.json);
+            output::warn_unreadable(unreadable);
         }
         PersonCommand::Transfer { id, residence_division, separation_date } => {
             let req = pb::TransferArchiveRequest { id_number: id, residence_division, separation_date };

@@ -275,8 +275,9 @@ impl Progress {
 async fn export(args: &ClientArgs, output: Option<&Path>) -> anyhow::Result<()> {
     let mut client = RegistryClient::new(super::client::connect_channel(args).await?.0);
     let Some(path) = output else {
-        let out = write_persons(&mut client, std::io::BufWriter::new(std::io::stdout())).await?;
+        let (out, unreadable) = write_persons(&mut client, std::io::BufWriter::new(std::io::stdout())).await?;
         out.into_inner().map_err(|e| e.into_error()).context("writing to standard output")?;
+        super::output::warn_unreadable(unreadable);
         return Ok(());
     };
     // Written aside and renamed, so a failed export never leaves a partial ledger behind.
@@ -284,27 +285,34 @@ async fn export(args: &ClientArgs, output: Option<&Path>) -> anyhow::Result<()> 
     let partial = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
     let file = create_private(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let result = async {
-        let out = write_persons(&mut client, std::io::BufWriter::new(file)).await?;
+        let (out, unreadable) = write_persons(&mut client, std::io::BufWriter::new(file)).await?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&partial, path)?;
-        anyhow::Ok(())
+        anyhow::Ok(unreadable)
     }
     .await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e.context(format!("exporting to {}", path.display())));
+    match result {
+        Ok(unreadable) => {
+            super::output::warn_unreadable(unreadable);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e.context(format!("exporting to {}", path.display())))
+        }
     }
-    Ok(())
 }
 
-/// Every person, all pages, as ledger rows.
-async fn write_persons<W: Write>(client: &mut RegistryClient<Channel>, out: W) -> anyhow::Result<W> {
+/// Every person, all pages, as ledger rows; with how many records did not open.
+async fn write_persons<W: Write>(client: &mut RegistryClient<Channel>, out: W) -> anyhow::Result<(W, u32)> {
     let mut writer = ledger::Writer::new(out)?;
+    let mut unreadable = 0;
     let mut req = pb::ListPersonsRequest { page_size: crate::registry::PAGE_SIZE_MAX, ..Default::default() };
     loop {
         let page = client.list_persons(req.clone()).await.map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?;
         let page = page.into_inner();
+        unreadable += page.unreadable;
         for p in &page.persons {
             writer.person(p)?;
         }
@@ -313,7 +321,7 @@ async fn write_persons<W: Write>(client: &mut RegistryClient<Channel>, out: W) -
         }
         req.page_token = page.next_page_token;
     }
-    Ok(writer.finish()?)
+    Ok((writer.finish()?, unreadable))
 }
 
 /// A new or truncated file only its owner can read: it holds personal data.

@@ -4,6 +4,7 @@
 mod client;
 mod init;
 mod ledger;
+mod outbox;
 mod output;
 mod reports;
 
@@ -84,6 +85,13 @@ pub enum Command {
     Status {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// The envelopes waiting for one peer, and setting aside one the channel cannot carry.
+    Outbox {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
     },
     /// Exit 0 if the node (or a gateway, at its directory address) answers gRPC health
     /// with SERVING within 5 s, else 1: for container and service-manager health checks.
@@ -352,6 +360,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Service { client, command } => client::service(&client, command).await,
         Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,
+        Command::Outbox { client, command } => outbox::run(&client, command).await,
         Command::Log { client, after, all } => client::log(&client, after, all).await,
         Command::Health { client } => client::health(&client).await,
     }

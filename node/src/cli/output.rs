@@ -64,6 +64,16 @@ pub fn person(p: &pb::Person, as_json: bool) {
     }
 }
 
+/// Warns on stderr (so it never mixes into JSON or a ledger on stdout) that `count` records
+/// did not open with the node's data key and were left out.
+pub fn warn_unreadable(count: u32) {
+    if count > 0 {
+        eprintln!(
+            "warning: {count} record(s) did not open with this node's data key and are left out (see the node's log)"
+        );
+    }
+}
+
 pub fn person_list(persons: &[pb::Person], next_page_token: &str, as_json: bool) {
     if as_json {
         let list: Vec<_> = persons.iter().map(person_json).collect();

@@ -160,12 +160,24 @@ pub async fn report(args: &ClientArgs, command: ReportCommand) -> anyhow::Result
             print_reports(&[resp.report.context("the node answered without a report")?], args.json);
         }
         ReportCommand::List { status: filter, period } => {
-            let req = pb::ListReportsRequest {
+            let mut req = pb::ListReportsRequest {
                 status: filter.map_or(0, |s| pb::ReportStatus::from(s) as i32),
                 period: period.unwrap_or_default(),
+                page_size: crate::registry::REPORT_PAGE_SIZE_MAX,
+                ..Default::default()
             };
-            let resp = client.list_reports(req).await.map_err(status)?.into_inner();
-            print_reports(&resp.reports, args.json);
+            let (mut reports, mut unreadable) = (Vec::new(), 0);
+            loop {
+                let page = client.list_reports(req.clone()).await.map_err(status)?.into_inner();
+                reports.extend(page.reports);
+                unreadable += page.unreadable;
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                req.page_token = page.next_page_token;
+            }
+            print_reports(&reports, args.json);
+            super::output::warn_unreadable(unreadable);
         }
         ReportCommand::Verify { report_id, accept, reject, detail } => {
             let req = pb::VerifyReportRequest {
@@ -245,12 +257,7 @@ pub async fn work(args: &ClientArgs, command: WorkCommand) -> anyhow::Result<()>
         .collect();
     print!("{}", table(&header, &rows));
     println!("{} item(s), {} overdue", list.items.len(), list.items.iter().filter(|i| i.overdue).count());
-    if list.unreadable > 0 {
-        println!(
-            "warning: {} record(s) did not open with this node's data key and are not listed (see the node's log)",
-            list.unreadable
-        );
-    }
+    super::output::warn_unreadable(list.unreadable);
     if !list.calendar.is_empty() {
         println!("\ncalendar");
         for c in &list.calendar {

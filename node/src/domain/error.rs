@@ -30,20 +30,36 @@ impl InvalidField {
     }
 }
 
-/// Masks all but the first 6 and the last 2 characters: `410103********12`.
+/// Masks all but the first 6 and the last 2 characters: `410103********12`. A value longer
+/// than an ID number shows at most [`MASK_STARS_MAX`] stars and its length, so a huge value
+/// never makes a huge message.
 pub fn mask(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    if chars.len() <= 8 {
-        return format!("\"{}\" ({} characters)", "*".repeat(chars.len()), chars.len());
+    let count = value.chars().count();
+    if count <= 8 {
+        return format!("\"{}\" ({count} characters)", "*".repeat(count));
     }
-    let head: String = chars[..6].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("\"{head}{}{tail}\"", "*".repeat(chars.len() - 8))
+    let head: String = value.chars().take(6).collect();
+    let tail: String = value.chars().skip(count - 2).collect();
+    if count - 8 > MASK_STARS_MAX {
+        return format!("\"{head}{}...{tail}\" ({count} characters)", "*".repeat(MASK_STARS_MAX));
+    }
+    format!("\"{head}{}{tail}\"", "*".repeat(count - 8))
 }
+
+/// The most stars a masked value shows (an 18-digit ID number shows 10).
+pub const MASK_STARS_MAX: usize = 10;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_sensitive_value_gives_a_short_message() {
+        let huge = "名".repeat(3_000_000);
+        let e = InvalidField::sensitive("name", &huge, "is too long");
+        assert_eq!(e.value, format!("\"名名名名名名{}...名名\" (3000000 characters)", "*".repeat(MASK_STARS_MAX)));
+        assert_eq!(mask("411421199001010025"), "\"411421**********25\"");
+    }
 
     #[test]
     fn message_names_field_value_and_rule() {

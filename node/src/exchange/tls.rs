@@ -69,6 +69,8 @@ impl PeerTls {
     pub fn load(config: &PeerConfig) -> Result<Self, TlsFileError> {
         let ca_pem = read("peer.ca_file", &config.ca_file)?;
         let cert_pem = read("peer.cert_file", &config.cert_file)?;
+        ldx_proto::identity::check_secret_mode(&config.key_file)
+            .map_err(|e| invalid("peer.key_file", &config.key_file, e.to_string()))?;
         let key_pem = read("peer.key_file", &config.key_file)?;
         let mut roots = RootCertStore::empty();
         for ca in certificates("peer.ca_file", &config.ca_file, &ca_pem)? {
@@ -87,10 +89,19 @@ impl PeerTls {
         })
     }
 
+    /// The federation CA's certificate: what the gateway's directory certificate is
+    /// checked against.
+    pub fn ca(&self) -> Certificate {
+        self.ca.clone()
+    }
+
     /// The peer API accepts only clients with a certificate from the federation CA (and
     /// then only the one the directory lists, checked per stream in receiver.rs).
     pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(self.identity.clone()).client_ca_root(self.ca.clone())
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+            .timeout(crate::listen::START_TIMEOUT)
     }
 
     /// A connector that dials the node of `division` and accepts it only if it presents

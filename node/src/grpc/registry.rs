@@ -84,8 +84,7 @@ impl registry_server::Registry for RegistryService {
         request: Request<pb::ListPersonsRequest>,
     ) -> Result<Response<pb::ListPersonsResponse>, Status> {
         let req = request.into_inner();
-        let (persons, next_page_token) = self.run(move |r| r.list(&req)).await?;
-        Ok(Response::new(pb::ListPersonsResponse { persons, next_page_token }))
+        Ok(Response::new(self.run(move |r| r.list(&req)).await?))
     }
 
     #[instrument(skip_all, name = "transfer_archive")]
@@ -134,8 +133,7 @@ impl registry_server::Registry for RegistryService {
         request: Request<pb::ListReportsRequest>,
     ) -> Result<Response<pb::ListReportsResponse>, Status> {
         let req = request.into_inner();
-        let reports = self.run(move |r| r.list_reports(&req)).await?;
-        Ok(Response::new(pb::ListReportsResponse { reports }))
+        Ok(Response::new(self.run(move |r| r.list_reports(&req)).await?))
     }
 
     #[instrument(skip_all, name = "verify_report")]
@@ -152,5 +150,24 @@ impl registry_server::Registry for RegistryService {
     async fn list_work(&self, request: Request<pb::ListWorkRequest>) -> Result<Response<pb::ListWorkResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.run(move |r| r.work_list(&req)).await?))
+    }
+
+    #[instrument(skip_all, name = "list_outbox")]
+    async fn list_outbox(
+        &self,
+        request: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.run(move |r| r.list_outbox(&req)).await?))
+    }
+
+    #[instrument(skip_all, name = "set_aside_envelope")]
+    async fn set_aside_envelope(
+        &self,
+        request: Request<pb::SetAsideEnvelopeRequest>,
+    ) -> Result<Response<pb::SetAsideEnvelopeResponse>, Status> {
+        let req = request.into_inner();
+        let set_aside = self.run(move |r| r.set_aside(&req)).await?;
+        Ok(Response::new(pb::SetAsideEnvelopeResponse { set_aside: Some(set_aside) }))
     }
 }

@@ -11,6 +11,16 @@ pub fn from_registry(err: RegistryError) -> Status {
         RegistryError::NotFound => Code::NotFound,
         RegistryError::AlreadyRegistered { .. } => Code::AlreadyExists,
         RegistryError::MovedOut { .. } | RegistryError::NotSyncing => Code::FailedPrecondition,
+        // What the caller asked for would make a message no peer accepts.
+        RegistryError::Storage(crate::storage::StorageError::EnvelopeTooLarge { .. }) => Code::InvalidArgument,
+        // Nothing was stored, and trying again later works: the disk is full or failing.
+        RegistryError::Storage(crate::storage::StorageError::DiskFull { .. }) => Code::Unavailable,
+        RegistryError::Storage(crate::storage::StorageError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::IOError => {
+            tracing::error!(error = %err, "registry request failed: the store cannot write");
+            return Status::unavailable(
+                "the node cannot write to its disk now (full?); nothing was stored; see its log",
+            );
+        }
         RegistryError::Storage(_) | RegistryError::Sealed(_) => {
             tracing::error!(error = %err, "registry request failed inside the node");
             return Status::internal("the node could not complete the request; see its log");

@@ -129,7 +129,12 @@ impl Registry {
             if envelope.prev_hash != prev_hash {
                 return Err(ApplyError::ChainBroken { seq: envelope.seq });
             }
-            prev_hash = ldx_proto::chain::envelope_hash(bytes).to_vec();
+            prev_hash = match &envelope.body {
+                // It stands in for the envelope set aside; the next one links to that.
+                Some(Body::SetAside(a)) if a.original_hash.len() == 32 => a.original_hash.clone(),
+                Some(Body::SetAside(_)) => return Err(ApplyError::ChainBroken { seq: envelope.seq }),
+                _ => ldx_proto::chain::envelope_hash(bytes).to_vec(),
+            };
             prev_seq = envelope.seq;
         }
 
@@ -142,7 +147,14 @@ impl Registry {
             let (direction, reason) = match self.apply_one(&writer, &mut txn, from, envelope) {
                 Ok(()) => {
                     applied += 1;
-                    (pb::Direction::Applied, String::new())
+                    let reason = match &envelope.body {
+                        Some(Body::SetAside(a)) => {
+                            tracing::warn!(from, seq = envelope.seq, kind = %a.kind, bytes = a.bytes, reason = %a.reason, "the sender set an envelope aside");
+                            format!("the sender set aside a {} of {} bytes: {}", a.kind, a.bytes, a.reason)
+                        }
+                        _ => String::new(),
+                    };
+                    (pb::Direction::Applied, reason)
                 }
                 Err(Fail::Refused(reason)) => {
                     refused += 1;
@@ -179,6 +191,8 @@ impl Registry {
         let key = <[u8; 32]>::try_from(envelope.person_key.as_slice()).map(PersonKey);
         match (&envelope.body, key) {
             (Some(Body::AssessmentStatement(s)), _) => self.on_assessment_statement(txn, from, s),
+            // Nothing to apply: the log entry says what was set aside and why.
+            (Some(Body::SetAside(_)), _) => Ok(()),
             (_, Err(_)) => refuse("person_key must be 32 bytes"),
             (None, Ok(_)) => refuse("message kind is unknown to this node (sent by a newer version?)"),
             (Some(Body::MoveInNotice(n)), Ok(key)) => self.on_move_in_notice(writer, txn, from, &key, n),

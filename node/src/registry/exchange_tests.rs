@@ -340,3 +340,71 @@ fn a_query_about_someone_the_origin_does_not_know_is_answered_with_a_reason_and_
     .unwrap();
     assert_eq!(reopened.certificates_refused(), 1);
 }
+
+#[test]
+fn an_envelope_no_peer_would_accept_is_never_queued() {
+    let dest = node(DEST);
+    dest.registry.move_in(&move_in(1, DEST, pb::Role::Residence)).unwrap();
+    let before = (dest.registry.outbound(), dest.store.audit_head().unwrap());
+    let mut writer = dest.registry.lock();
+    let mut txn = sync::Txn::new(dest.store.batch());
+    let huge = pb::SetAside { reason: "x".repeat(crate::exchange::MAX_ENVELOPE_BYTES), ..Default::default() };
+    dest.registry.enqueue_keyed(&writer, &mut txn, ORIGIN, Vec::new(), pb::envelope::Body::SetAside(huge));
+    txn.audit("test", None);
+    let err = dest.registry.commit_txn(&mut writer, txn).unwrap_err();
+    drop(writer);
+    assert!(matches!(err, StorageError::EnvelopeTooLarge { .. }), "{err}");
+    assert!(err.to_string().starts_with("the set_aside for 411421 would be an envelope of 65"), "{err}");
+    assert!(err.to_string().ends_with("over the 65536 a channel carries; nothing was stored"), "{err}");
+    assert_eq!((dest.registry.outbound(), dest.store.audit_head().unwrap()), before, "nothing stored");
+    assert_eq!(unacked(&dest.registry, ORIGIN).len(), 1);
+}
+
+#[test]
+fn a_set_aside_envelope_lets_the_ones_behind_it_through_and_the_peer_logs_why() {
+    let (dest, origin) = (node(DEST), node(ORIGIN));
+    for n in 1..=3 {
+        dest.registry.move_in(&move_in(n, DEST, pb::Role::Residence)).unwrap();
+    }
+    let list = dest.registry.list_outbox(&pb::ListOutboxRequest { peer: ORIGIN.into(), ..Default::default() }).unwrap();
+    assert_eq!((list.acked_seq, list.head_seq, list.envelopes.len()), (0, 3, 3));
+    assert!(list.envelopes.iter().all(|e| e.kind == "move_in_notice" && !e.over_limit && e.bytes > 0));
+
+    let ask = |peer: &str, seq: u64, reason: &str| {
+        dest.registry.set_aside(&pb::SetAsideEnvelopeRequest { peer: peer.into(), seq, reason: reason.into() })
+    };
+    for (peer, seq, reason, field) in
+        [(ORIGIN, 2, "", "reason"), (ORIGIN, 0, "x", "seq"), (ORIGIN, 4, "x", "seq"), ("411422", 2, "x", "peer")]
+    {
+        let err = ask(peer, seq, reason).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
+    }
+    let err = ask(ORIGIN, 4, "x").unwrap_err();
+    assert!(err.to_string().ends_with("must be a waiting envelope for 411421: 1 to 3"), "{err}");
+
+    let set = ask(ORIGIN, 2, "too large for the channel").unwrap();
+    assert_eq!((set.seq, set.kind.as_str()), (2, "move_in_notice"));
+    assert_eq!(ask(ORIGIN, 2, "again").unwrap(), set, "repeating it changes nothing");
+    let list = dest.registry.list_outbox(&pb::ListOutboxRequest { peer: ORIGIN.into(), ..Default::default() }).unwrap();
+    let kinds: Vec<_> = list.envelopes.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["move_in_notice", "set_aside", "move_in_notice"]);
+
+    let outcome = deliver(&dest, &origin);
+    assert_eq!(outcome, ApplyOutcome { applied_seq: 3, applied: 3, refused: 0 });
+    assert!(origin.registry.get(&pb::GetPersonRequest { id_number: id(1) }).is_ok());
+    assert!(matches!(origin.registry.get(&pb::GetPersonRequest { id_number: id(2) }), Err(RegistryError::NotFound)));
+    assert!(origin.registry.get(&pb::GetPersonRequest { id_number: id(3) }).is_ok());
+    let logged = origin.registry.log_after(0, 100).unwrap();
+    let (_, entry) = logged.iter().find(|(_, r)| r.seq == 2 && r.peer == DEST).unwrap();
+    assert_eq!(entry.kind, "set_aside");
+    assert!(
+        entry.reason.contains("set aside a move_in_notice of") && entry.reason.ends_with(": too large for the channel"),
+        "{}",
+        entry.reason
+    );
+    // The chain goes on past it.
+    dest.registry.move_in(&move_in(4, DEST, pb::Role::Residence)).unwrap();
+    assert_eq!(deliver(&dest, &origin).applied_seq, 4);
+    let actions: Vec<_> = dest.store.audit_entries().map(|e| e.unwrap().action).collect();
+    assert!(actions.contains(&"outbox_set_aside".to_owned()), "{actions:?}");
+}

@@ -141,6 +141,7 @@ fn reports_of(registry: &Registry, n: u32) -> Vec<(String, String, pb::ReportSta
     let mut out: Vec<_> = registry
         .list_reports(&pb::ListReportsRequest::default())
         .unwrap()
+        .reports
         .into_iter()
         .filter(|r| r.person_key == key)
         .map(|r| (r.status(), r.reason(), r.period, r.issuer))
@@ -155,6 +156,7 @@ fn report_id(registry: &Registry, n: u32, period: &str, issuer: &str) -> String 
     registry
         .list_reports(&pb::ListReportsRequest::default())
         .unwrap()
+        .reports
         .into_iter()
         .find(|r| r.person_key == key && r.period == period && r.issuer == issuer)
         .unwrap_or_else(|| panic!("no report for person {n} in {period} by {issuer}"))

@@ -44,6 +44,10 @@ impl std::fmt::Debug for ReportHooks {
 
 const SHA256_HEX: usize = 64;
 
+/// Reports in one `ListReports` page unless asked otherwise, and at most.
+pub const REPORT_PAGE_SIZE_DEFAULT: u32 = 500;
+pub const REPORT_PAGE_SIZE_MAX: u32 = 5000;
+
 /// How many reports a node holds in one state (see [`Registry::report_counts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportCount {
@@ -167,6 +171,9 @@ impl Registry {
                     Err(RegistryError::Invalid(e)) => {
                         tracing::debug!(person = ?key, %period, reason = %e, "report not ready");
                     }
+                    Err(RegistryError::Storage(e @ StorageError::EnvelopeTooLarge { .. })) => {
+                        tracing::warn!(person = ?key, %period, error = %e, "report not issued");
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -264,22 +271,42 @@ impl Registry {
     }
 
     /// Reports issued or received here, filtered.
-    pub fn list_reports(&self, req: &pb::ListReportsRequest) -> Result<Vec<pb::Report>, RegistryError> {
+    pub fn list_reports(&self, req: &pb::ListReportsRequest) -> Result<pb::ListReportsResponse, RegistryError> {
+        let page_size = super::page_size(req.page_size, REPORT_PAGE_SIZE_DEFAULT, REPORT_PAGE_SIZE_MAX)?;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(hex::decode(token).ok().filter(|k| ReportKey::decode(k).is_ok()).ok_or_else(|| {
+                InvalidField::new("page_token", token, "must be the next_page_token of a previous page")
+            })?),
+        };
         let status = super::filter("status", req.status, pb::ReportStatus::try_from(req.status).is_ok())?;
         let period = match req.period.as_str() {
             "" => None,
             raw => Some(Period::parse("period", raw)?.index()),
         };
-        let mut writer = self.lock();
-        let mut out = Vec::new();
-        for (key, record) in self.store.reports()? {
+        let mut page = pb::ListReportsResponse::default();
+        let mut last = None;
+        for item in self.store.reports_after(after) {
+            let (key, record) = item?;
             if status.is_some_and(|s| s != record.status) || period.is_some_and(|p| p != key.period) {
                 continue;
             }
-            out.push(self.report_view(&key, &record)?);
+            if page.reports.len() + page.unreadable as usize == page_size {
+                page.next_page_token = last.take().map(|k: ReportKey| hex::encode(k.encode())).unwrap_or_default();
+                break;
+            }
+            match self.report_view(&key, &record) {
+                Ok(report) => page.reports.push(report),
+                Err(e) => {
+                    page.unreadable += 1;
+                    tracing::error!(person = ?key.person, period = key.period, error = %e, "report left out of the list");
+                }
+            }
+            last = Some(key);
         }
+        let mut writer = self.lock();
         self.commit_audit(&mut writer, self.store.batch(), "list_reports", None)?;
-        Ok(out)
+        Ok(page)
     }
 
     /// At her origin: an operator's decision on a report awaiting verification. Deciding a

@@ -70,6 +70,7 @@ pub fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::ServiceReport(_)) => "service_report",
         Some(Body::ReportVerdict(_)) => "report_verdict",
         Some(Body::AssessmentStatement(_)) => "assessment_statement",
+        Some(Body::SetAside(_)) => "set_aside",
         None => "unknown",
     }
 }
@@ -84,6 +85,10 @@ pub(super) struct Txn<'a> {
     audit: Vec<(String, Option<PersonKey>)>,
     wake: BTreeSet<String>,
     certificates_refused: u64,
+    /// Envelopes of this change that no peer would accept: the change is not committed.
+    oversized: Option<StorageError>,
+    /// Committed even below the disk reserve (an audited read).
+    within_reserve: bool,
 }
 
 impl<'a> Txn<'a> {
@@ -96,7 +101,15 @@ impl<'a> Txn<'a> {
             audit: Vec::new(),
             wake: BTreeSet::new(),
             certificates_refused: 0,
+            oversized: None,
+            within_reserve: false,
         }
+    }
+
+    /// Lets this change be committed below the disk reserve: only for the audit entry of a
+    /// read, which is small and without which the read is refused.
+    pub fn within_reserve(&mut self) {
+        self.within_reserve = true;
     }
 
     pub fn audit(&mut self, action: &str, person: Option<&PersonKey>) {
@@ -115,6 +128,11 @@ impl<'a> Txn<'a> {
 
     pub fn log_at(&mut self, mark: usize, record: LogRecord) {
         self.log.insert(mark, record);
+    }
+
+    /// Wakes the sender of `peer` once this change is durable.
+    pub fn wake(&mut self, peer: &str) {
+        self.wake.insert(peer.to_owned());
     }
 
     /// Counts a certificate query answered without a certificate.
@@ -189,6 +207,16 @@ impl Registry {
             body: Some(body),
         };
         let bytes = zeroize::Zeroizing::new(envelope.encode_to_vec());
+        if bytes.len() > crate::exchange::MAX_ENVELOPE_BYTES {
+            // Never queued: a peer refuses it, and everything behind it would wait forever.
+            txn.oversized.get_or_insert(StorageError::EnvelopeTooLarge {
+                kind,
+                peer: peer.to_owned(),
+                bytes: bytes.len(),
+                max: crate::exchange::MAX_ENVELOPE_BYTES,
+            });
+            return;
+        }
         let sealed = self.data_key.seal(&OutboxKey { peer: peer.to_owned(), seq: envelope.seq }.encode(), &bytes);
         txn.batch.put_outbox(peer, envelope.seq, &OutboxEntry { created_at_ms: now, sealed });
         state.head_seq = envelope.seq;
@@ -216,6 +244,12 @@ impl Registry {
     /// Commits `txn` with its audit entries and log records; the in-memory heads move
     /// only once the batch is durable, and senders are woken after.
     pub(super) fn commit_txn(&self, writer: &mut Writer, mut txn: Txn<'_>) -> Result<(), StorageError> {
+        if let Some(oversized) = txn.oversized.take() {
+            return Err(oversized);
+        }
+        if !txn.within_reserve {
+            self.store.check_space()?;
+        }
         let mut audit = writer.audit.clone();
         for (action, person) in &txn.audit {
             let entry = AuditEntry {

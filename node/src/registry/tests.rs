@@ -167,10 +167,11 @@ fn list_filters_and_pages_through_everyone_once() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let (page, next) = f
+        let pb::ListPersonsResponse { persons: page, next_page_token: next, unreadable } = f
             .registry
             .list(&pb::ListPersonsRequest { page_size: 7, page_token: token.clone(), ..Default::default() })
             .unwrap();
+        assert_eq!(unreadable, 0);
         assert!(page.len() <= 7);
         seen.extend(page.into_iter().map(|p| p.name));
         if next.is_empty() {
@@ -182,7 +183,7 @@ fn list_filters_and_pages_through_everyone_once() {
     seen.dedup();
     assert_eq!(seen.len(), 25);
 
-    let (workplace, next) =
+    let pb::ListPersonsResponse { persons: workplace, next_page_token: next, .. } =
         f.registry.list(&pb::ListPersonsRequest { role: pb::Role::Workplace as i32, ..Default::default() }).unwrap();
     assert_eq!(workplace.len(), 5);
     assert!(next.is_empty());
@@ -215,4 +216,60 @@ fn records_do_not_open_under_another_key() {
     let (key, record) = f.store.persons_after(None).next().unwrap().unwrap();
     let other = DataKey::from_bytes(&[9; 32]);
     assert!(other.open(&PersonRecordKey(key).encode(), &record.sealed).is_err());
+}
+
+fn registry_with_key(store: &Arc<Store>, key: u8) -> Result<Registry, StorageError> {
+    let clock = Arc::new(ManualClock::new("2026-11-23T02:00:00Z".parse().unwrap()));
+    Registry::new(
+        store.clone(),
+        DataKey::from_bytes(&[key; 32]),
+        FederationSalt::from_bytes([4; 32]),
+        clock,
+        Division::parse("division", "410103007").unwrap(),
+    )
+}
+
+#[test]
+fn a_store_refuses_any_data_key_but_its_own() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    let before = snapshot(&f.store);
+    let err = registry_with_key(&f.store, 9).unwrap_err();
+    assert!(matches!(err, StorageError::WrongDataKey { .. }), "{err}");
+    assert!(err.to_string().starts_with("data_key_file is not the data key"), "{err}");
+    assert_eq!(snapshot(&f.store), before, "a refused key writes nothing");
+    registry_with_key(&f.store, 3).expect("its own key opens it");
+
+    // A store written before check values were kept: its records decide, and the right
+    // key then gets its check value stored.
+    f.store.delete_meta(MetaKey::DataKeyCheck).unwrap();
+    let err = registry_with_key(&f.store, 9).unwrap_err();
+    assert!(err.to_string().contains("none of the first stored records opens with it"), "{err}");
+    assert_eq!(f.store.meta(MetaKey::DataKeyCheck).unwrap(), None);
+    registry_with_key(&f.store, 3).unwrap();
+    assert!(f.store.meta(MetaKey::DataKeyCheck).unwrap().is_some());
+    assert!(matches!(registry_with_key(&f.store, 9), Err(StorageError::WrongDataKey { .. })));
+}
+
+#[test]
+fn a_record_that_does_not_open_is_left_out_of_the_list_and_counted() {
+    let f = fixture();
+    for n in 1..=5 {
+        f.registry.move_in(&move_in(n)).unwrap();
+    }
+    let key = f.registry.salt.person_key(&move_in(3).id_number);
+    let mut record = f.store.person(&key).unwrap().unwrap();
+    record.sealed[20] ^= 1;
+    let mut batch = f.store.batch();
+    batch.put_person(&key, &record);
+    batch.commit().unwrap();
+
+    let page = f.registry.list(&pb::ListPersonsRequest::default()).unwrap();
+    assert_eq!(page.unreadable, 1);
+    let mut names: Vec<_> = page.persons.iter().map(|p| p.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["测试1", "测试2", "测试4", "测试5"]);
+    // The record itself still says so when asked for.
+    let err = f.registry.get(&pb::GetPersonRequest { id_number: move_in(3).id_number }).unwrap_err();
+    assert!(matches!(err, RegistryError::Sealed(_)), "{err}");
 }

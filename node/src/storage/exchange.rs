@@ -142,6 +142,24 @@ impl Store {
         self.reports_from(&ReportKey::person_prefix(person))
     }
 
+    /// Reports in key order (person, period, issuer), from just after the stored key
+    /// `after` (`None`: the first), read lazily.
+    pub fn reports_after(
+        &self,
+        after: Option<Vec<u8>>,
+    ) -> impl Iterator<Item = Result<(ReportKey, ReportRecord), StorageError>> + '_ {
+        let start = after.clone().unwrap_or_else(|| ReportKey::first().to_vec());
+        let prefix = ReportKey::first();
+        self.db
+            .iterator_cf(self.cf(cf::REPORTS), IteratorMode::From(&start, Direction::Forward))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .filter(move |item| !matches!((item, &after), (Ok((k, _)), Some(a)) if **k == **a))
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((ReportKey::decode(&k).map_err(corrupt("report key"))?, codec::decode("report", &v)?))
+            })
+    }
+
     /// Every report at this node, by person and period.
     pub fn reports(&self) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
         self.reports_from(&ReportKey::first())

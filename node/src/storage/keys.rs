@@ -22,6 +22,10 @@ mod kind {
     pub const LOG_HEAD: u8 = 0x05;
     /// `meta`: how many certificate queries this node answered without a certificate.
     pub const CERTIFICATES_REFUSED: u8 = 0x06;
+    /// `meta`: a keyed check value of the data key the store was first written with.
+    pub const DATA_KEY_CHECK: u8 = 0x07;
+    /// `meta`: the time of the last write made to see whether writes work again.
+    pub const WRITE_PROBE: u8 = 0x08;
     /// `outbox`: an envelope waiting for the peer's ack.
     pub const OUTBOX_ENVELOPE: u8 = 0x01;
     /// `channels`: state of a channel this node sends on.
@@ -374,6 +378,8 @@ pub enum MetaKey {
     Directory,
     LogHead,
     CertificatesRefused,
+    DataKeyCheck,
+    WriteProbe,
 }
 
 impl MetaKey {
@@ -385,6 +391,8 @@ impl MetaKey {
             Self::Directory => kind::DIRECTORY,
             Self::LogHead => kind::LOG_HEAD,
             Self::CertificatesRefused => kind::CERTIFICATES_REFUSED,
+            Self::DataKeyCheck => kind::DATA_KEY_CHECK,
+            Self::WriteProbe => kind::WRITE_PROBE,
         }]
     }
 }

@@ -8,6 +8,8 @@ pub mod keys;
 pub mod records;
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -30,11 +32,43 @@ pub enum StorageError {
     SchemaMismatch { found: u32 },
     #[error("data directory belongs to division {found}, the config says {configured}")]
     WrongDivision { found: String, configured: String },
+    #[error(
+        "data_key_file is not the data key this data directory was written with ({why}); \
+         start the node with its own data.key (from the backup kept apart from the data)"
+    )]
+    WrongDataKey { why: &'static str },
+    #[error(
+        "the {kind} for {peer} would be an envelope of {bytes} bytes, over the {max} a channel carries; nothing was stored"
+    )]
+    EnvelopeTooLarge { kind: &'static str, peer: String, bytes: usize, max: usize },
+    #[error(
+        "the node's disk is almost full ({free_mb} MB free, {reserve_mb} MB kept in reserve): \
+         nothing was stored; free space on the data directory's disk and try again"
+    )]
+    DiskFull { free_mb: u64, reserve_mb: u64 },
+}
+
+/// Free bytes (for an unprivileged user) on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 pub struct Store {
     db: DB,
     write_opts: WriteOptions,
+    disk: DiskState,
+}
+
+/// Whether writes can be made: the last write's outcome and the free-space check.
+#[derive(Debug, Default)]
+struct DiskState {
+    /// The error of the last failed write, until a write succeeds again.
+    failing: Mutex<Option<String>>,
+    /// Free space fell below the reserve: changes are refused before they are tried.
+    low: AtomicBool,
+    /// (free, reserve) in bytes, as last checked.
+    space: Mutex<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,7 +96,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(sync);
-        let store = Self { db, write_opts };
+        let store = Self { db, write_opts, disk: DiskState::default() };
         store.check_identity(division)?;
         Ok(store)
     }
@@ -149,10 +183,85 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf::META), key.encode())?)
     }
 
+    /// Removes a single-valued `meta` entry, as a store written by an older build lacks it.
+    #[cfg(test)]
+    pub(crate) fn delete_meta(&self, key: MetaKey) -> Result<(), StorageError> {
+        Ok(self.db.delete_cf(self.cf(cf::META), key.encode())?)
+    }
+
     /// Replaces a single-valued `meta` entry (one key, so no batch is needed).
     pub fn put_meta(&self, key: MetaKey, value: &[u8]) -> Result<(), StorageError> {
-        self.db.put_cf_opt(self.cf(cf::META), key.encode(), value, &self.write_opts)?;
-        Ok(())
+        let written = self.db.put_cf_opt(self.cf(cf::META), key.encode(), value, &self.write_opts);
+        self.noted(written)
+    }
+
+    /// Records a write's outcome: a failure (a full disk, most often) until a write works
+    /// again. RocksDB resumes by itself once space is free; the next write that works, a
+    /// change or [`Store::probe_write`], says so.
+    fn noted(&self, written: Result<(), rocksdb::Error>) -> Result<(), StorageError> {
+        let mut failing = self.disk.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match written {
+            Ok(()) => {
+                if let Some(error) = failing.take() {
+                    tracing::info!(after = %error, "the store takes writes again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if failing.is_none() {
+                    tracing::error!(error = %e, "the store cannot write; changes are refused until it can");
+                }
+                *failing = Some(e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The error of the last failed write, while writes fail.
+    pub fn write_failure(&self) -> Option<String> {
+        self.disk.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// A small write that shows whether writes work again.
+    pub fn probe_write(&self) -> Result<(), StorageError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.put_meta(MetaKey::WriteProbe, &now.as_millis().to_be_bytes())
+    }
+
+    /// Checks the free space of the data directory against `reserve` bytes: below it,
+    /// [`Store::check_space`] refuses changes, so the disk never fills with half the
+    /// node's work and acks (which free space) can still be written. Returns the free bytes.
+    pub fn check_free_space(&self, reserve: u64) -> std::io::Result<u64> {
+        let free = free_bytes(self.db.path())?;
+        let low = free < reserve;
+        if low != self.disk.low.swap(low, Ordering::Relaxed) {
+            match low {
+                true => tracing::error!(
+                    free_mb = free >> 20,
+                    reserve_mb = reserve >> 20,
+                    "disk almost full: changes are refused until space is freed"
+                ),
+                false => {
+                    tracing::info!(free_mb = free >> 20, "disk space back above the reserve: changes are taken again")
+                }
+            }
+        }
+        *self.disk.space.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (free, reserve);
+        Ok(free)
+    }
+
+    /// Refuses a change while free space is below the reserve.
+    pub fn check_space(&self) -> Result<(), StorageError> {
+        if !self.disk.low.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (free, reserve) = *self.disk.space.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Err(StorageError::DiskFull { free_mb: free >> 20, reserve_mb: reserve >> 20 })
+    }
+
+    /// Whether changes can be made now: writes work and space is above the reserve.
+    pub fn writable(&self) -> bool {
+        !self.disk.low.load(Ordering::Relaxed) && self.write_failure().is_none()
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -176,9 +285,14 @@ impl Batch<'_> {
         self.inner.put_cf(self.store.cf(cf::META), MetaKey::AuditHead.encode(), codec::encode(head));
     }
 
+    /// Whether the batch holds no change yet.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
     pub fn commit(self) -> Result<(), StorageError> {
-        self.store.db.write_opt(self.inner, &self.store.write_opts)?;
-        Ok(())
+        let written = self.store.db.write_opt(self.inner, &self.store.write_opts);
+        self.store.noted(written)
     }
 }
 
