@@ -1,9 +1,13 @@
 //! Prometheus `/metrics` of a node: the replication figures of `ldx.v1.Monitor` (exact
-//! per-channel lag, refusals) and the verification outcomes of service reports, in the
-//! text exposition format, over a minimal HTTP/1.1 listener.
+//! per-channel lag, refusals), the verification outcomes of service reports, and the
+//! counters and histograms recorded through the `metrics` crate ([`names`]), in the text
+//! exposition format, over a minimal HTTP/1.1 listener.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use ldx_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +16,73 @@ use tokio::sync::watch;
 
 use crate::grpc::monitor::MonitorService;
 use crate::registry::{Registry, ReportCount};
+
+/// The counters and histograms a node records, with what each measures.
+pub mod names {
+    pub const ENVELOPES_APPLIED: &str = "ldx_envelopes_applied_total";
+    pub const ENVELOPES_REFUSED: &str = "ldx_envelopes_refused_total";
+    pub const BATCHES_REJECTED: &str = "ldx_batches_rejected_total";
+    pub const SYNC_REFUSED: &str = "ldx_sync_refused_total";
+    pub const WAL_SYNC_SECONDS: &str = "ldx_wal_sync_seconds";
+    pub const COMMIT_GROUP_SIZE: &str = "ldx_commit_group_size";
+    pub const COMMIT_LOCK_WAIT_SECONDS: &str = "ldx_commit_lock_wait_seconds";
+    pub const COMMIT_SECONDS: &str = "ldx_commit_seconds";
+
+    /// Every name with its kind and help text.
+    pub const ALL: [(&str, &str, &str); 8] = [
+        (ENVELOPES_APPLIED, "counter", "Envelopes received from peers and applied."),
+        (ENVELOPES_REFUSED, "counter", "Envelopes received from peers and refused (logged with the reason)."),
+        (BATCHES_REJECTED, "counter", "Batches from peers rejected before anything in them was applied."),
+        (SYNC_REFUSED, "counter", "Sync streams refused: the caller is not the directory's node for the channel."),
+        (WAL_SYNC_SECONDS, "histogram", "Time of one WAL sync (fsync), which makes a group of changes durable."),
+        (COMMIT_GROUP_SIZE, "histogram", "Changes made durable by one WAL sync (group commit)."),
+        (COMMIT_LOCK_WAIT_SECONDS, "histogram", "Time a change waited for the writer lock (the commit order)."),
+        (COMMIT_SECONDS, "histogram", "Time to write a prepared change and wait until it is durable."),
+    ];
+}
+
+/// The process's recorder, installed at the first call: `None` when another recorder was
+/// installed first (the node's figures above are still served).
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    RECORDER
+        .get_or_init(|| {
+            const SECONDS: [f64; 14] =
+                [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0];
+            const GROUP: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+            let installed = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::COMMIT_GROUP_SIZE.into()), &GROUP))
+                .and_then(|b| b.install_recorder());
+            match installed {
+                Ok(handle) => {
+                    for (name, kind, help) in names::ALL {
+                        match kind {
+                            "counter" => metrics::describe_counter!(name, help),
+                            _ => metrics::describe_histogram!(name, help),
+                        }
+                    }
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed: counters and histograms are not served");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Keeps the recorder's histograms bounded between scrapes, until `stop` turns true.
+pub async fn upkeep(mut stop: watch::Receiver<bool>) {
+    let Some(handle) = recorder() else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
 
 /// Largest request head read before answering.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -181,7 +252,8 @@ pub async fn serve(
                 let scrape = move || {
                     let status = monitor.status_report().ok()?;
                     let reports = registry.report_counts().ok()?;
-                    Some(render(&status) + &render_reports(&status.division, &reports))
+                    let recorded = recorder().map(PrometheusHandle::render).unwrap_or_default();
+                    Some(render(&status) + &render_reports(&status.division, &reports) + &recorded)
                 };
                 match tokio::task::spawn_blocking(scrape).await {
                     Ok(Some(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),

@@ -157,6 +157,8 @@ pub async fn run(
     api: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // Counters and histograms recorded from here on reach /metrics.
+    let _ = crate::metrics::recorder();
     let peer = match config.peer_addr()? {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -302,6 +304,7 @@ pub async fn run_with_peer(
         write_atomically(&config.metrics_addr_file(), &format!("{bound}\n"))?;
         tracing::info!(metrics = %bound, "serving /metrics");
         tokio::spawn(crate::metrics::serve(listener, monitor.clone(), registry.clone(), stop_rx.clone()));
+        tokio::spawn(crate::metrics::upkeep(stop_rx.clone()));
     }
 
     let reflection_v1 = reflection_builder().build_v1()?;

@@ -31,6 +31,12 @@ pub use reports::{KeyLookup, REPORT_PAGE_SIZE_DEFAULT, REPORT_PAGE_SIZE_MAX, Rep
 use sync::Txn;
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
 
+/// Most move-ins one `RegisterMoveIns` request carries.
+pub const MOVE_INS_MAX: usize = 1000;
+
+/// One item's answer of [`Registry::move_ins`]: her record and whether it was created.
+pub type MoveInOutcome = Result<(pb::Person, bool), RegistryError>;
+
 /// Default and largest page of `ListPersons`.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;
 pub const PAGE_SIZE_MAX: u32 = 1000;
@@ -57,15 +63,28 @@ pub enum RegistryError {
     NotSyncing,
 }
 
-/// Serialises writes and carries the head of the audit chain between them.
+/// Holds the commit order: changes are prepared and written to the store one at a time
+/// under this lock, then wait for the disk without it (group commit, see
+/// [`Store::wait_durable`]). Carries the heads as written, which may run ahead of what is
+/// durable; a failed sync stops every later change, so they never diverge for good.
 #[derive(Debug)]
 struct Writer {
     audit: AuditHead,
-    /// Outbound channels: chain head and acked seq, as committed.
+    /// Outbound channels: chain head and acked seq, as written.
     out: HashMap<String, OutChannel>,
     /// Index of the last message-log entry.
     log_head: u64,
     /// Certificate queries answered without a certificate, as committed.
+    certificates_refused: u64,
+}
+
+/// The writer lock, held while a change is prepared and written.
+type WriterGuard<'a> = std::sync::MutexGuard<'a, Writer>;
+
+/// What is durable: the outbound channels senders may serve and the figures shown.
+#[derive(Debug, Default)]
+struct Durable {
+    out: HashMap<String, OutChannel>,
     certificates_refused: u64,
 }
 
@@ -77,6 +96,7 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     division: Division,
     writer: Mutex<Writer>,
+    durable: Mutex<Durable>,
     exchange: Option<ExchangeHooks>,
     reports: Option<ReportHooks>,
 }
@@ -120,35 +140,89 @@ impl Registry {
     ) -> Result<Self, StorageError> {
         bind_data_key(&store, &data_key)?;
         let audit = store.audit_head()?;
-        let out = store.out_channels()?.into_iter().collect();
+        let out: HashMap<String, OutChannel> = store.out_channels()?.into_iter().collect();
         let log_head = store.log_head()?;
         let certificates_refused = store.certificates_refused()?;
+        let durable = Mutex::new(Durable { out: out.clone(), certificates_refused });
         let writer = Mutex::new(Writer { audit, out, log_head, certificates_refused });
-        Ok(Self { store, data_key, salt, clock, division, writer, exchange: None, reports: None })
+        Ok(Self { store, data_key, salt, clock, division, writer, durable, exchange: None, reports: None })
     }
 
     pub fn division(&self) -> &Division {
         &self.division
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+    fn lock(&self) -> WriterGuard<'_> {
         // A panic while holding the lock leaves no half-written state (writes are single
         // batches), so the guard of a poisoned lock is safe to use.
-        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let started = std::time::Instant::now();
+        let guard = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        metrics::histogram!(crate::metrics::names::COMMIT_LOCK_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        guard
+    }
+
+    fn durable(&self) -> std::sync::MutexGuard<'_, Durable> {
+        self.durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers a move-in. The same move-in again returns the stored record and
     /// `created == false`; a different one for a person already active here is refused.
     pub fn move_in(&self, req: &pb::RegisterMoveInRequest) -> Result<(pb::Person, bool), RegistryError> {
         let m = MoveIn::validate(req, &self.division, self.clock.today())?;
+        let writer = self.lock();
+        let mut txn = Txn::new(self.store.batch());
+        let (person, created) = self.prepare_move_in(&writer, &mut txn, &m)?;
+        self.commit_txn(writer, txn)?;
+        if created {
+            let key = self.salt.person_key(m.id.as_str());
+            tracing::info!(person = ?key, role = role_name(person.role), "move-in registered");
+        }
+        Ok((person, created))
+    }
+
+    /// Registers up to [`MOVE_INS_MAX`] move-ins with one write: each is checked and
+    /// answered on its own, in order, as [`Registry::move_in`] would; the same person twice
+    /// in one request is registered once and then repeated.
+    pub fn move_ins(&self, reqs: &[pb::RegisterMoveInRequest]) -> Result<Vec<MoveInOutcome>, RegistryError> {
+        if reqs.len() > MOVE_INS_MAX {
+            return Err(InvalidField::new(
+                "move_ins",
+                reqs.len(),
+                format!("must hold at most {MOVE_INS_MAX} move-ins"),
+            )
+            .into());
+        }
+        let today = self.clock.today();
+        // Checked before the writer lock is taken: most of the CPU of a move-in.
+        let checked: Vec<_> = reqs.iter().map(|req| MoveIn::validate(req, &self.division, today)).collect();
+        let writer = self.lock();
+        let mut txn = Txn::new(self.store.batch());
+        let results: Vec<MoveInOutcome> =
+            checked.into_iter().map(|m| self.prepare_move_in(&writer, &mut txn, &m?)).collect();
+        self.commit_txn(writer, txn)?;
+        let created = results.iter().filter(|r| matches!(r, Ok((_, true)))).count();
+        tracing::info!(requested = reqs.len(), created, "move-ins registered");
+        Ok(results)
+    }
+
+    /// Adds one checked move-in to `txn`: a new record and her notice, or (the same move-in
+    /// again) only the audit entry of the repeat. Nothing is added when it is refused.
+    fn prepare_move_in(
+        &self,
+        writer: &Writer,
+        txn: &mut Txn<'_>,
+        m: &MoveIn,
+    ) -> Result<(pb::Person, bool), RegistryError> {
         let key = self.salt.person_key(m.id.as_str());
-        let mut writer = self.lock();
         let mut earlier = PersonSecret::default();
-        if let Some(existing) = self.store.person(&key)? {
+        if let Some(existing) = self.txn_person(txn, &key)? {
             let secret = self.open(&key, &existing)?;
             if existing.status == pb::PersonStatus::Active as i32 {
-                if same_move_in(&existing, &secret, &m) {
-                    self.commit_audit(&mut writer, self.store.batch(), "move_in_repeat", Some(&key))?;
+                if same_move_in(&existing, &secret, m) {
+                    if txn.batch.is_empty() {
+                        txn.within_reserve();
+                    }
+                    txn.audit("move_in_repeat", Some(&key));
                     return Ok((self.view(&existing, secret), false));
                 }
                 return Err(RegistryError::AlreadyRegistered {
@@ -182,14 +256,13 @@ impl Registry {
             sealed: self.seal(&key, &secret),
             sync: None,
         };
-        let mut txn = Txn::new(self.store.batch());
         if m.role != crate::domain::Role::Origin {
-            self.notify_move_in(&writer, &mut txn, &key, &mut record, &secret, &m);
+            // A notice is a few hundred bytes (every field is bounded): never over the
+            // envelope limit, so `txn` cannot be refused for it.
+            self.notify_move_in(writer, txn, &key, &mut record, &secret, m);
         }
         txn.put_person(&key, record.clone());
         txn.audit("move_in", Some(&key));
-        self.commit_txn(&mut writer, txn)?;
-        tracing::info!(person = ?key, role = role_name(record.role), "move-in registered");
         Ok((self.view(&record, secret), true))
     }
 
@@ -197,12 +270,12 @@ impl Registry {
     pub fn move_out(&self, req: &pb::RegisterMoveOutRequest) -> Result<pb::Person, RegistryError> {
         let m = MoveOut::validate(req, self.clock.today())?;
         let key = self.salt.person_key(m.id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         let secret = self.open(&key, &record)?;
         if let Some(day) = record.move_out_day {
             if day == day_number(m.date) && record.status == pb::PersonStatus::MovedOut as i32 {
-                self.commit_audit(&mut writer, self.store.batch(), "move_out_repeat", Some(&key))?;
+                self.commit_audit(writer, self.store.batch(), "move_out_repeat", Some(&key))?;
                 return Ok(self.view(&record, secret));
             }
             return Err(RegistryError::MovedOut { on: from_day_number(day) });
@@ -221,7 +294,7 @@ impl Registry {
         }
         txn.put_person(&key, record.clone());
         txn.audit("move_out", Some(&key));
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         tracing::info!(person = ?key, "move-out registered");
         Ok(self.view(&record, secret))
     }
@@ -230,7 +303,7 @@ impl Registry {
     pub fn record_service(&self, req: &pb::RecordServiceRequest) -> Result<pb::Person, RegistryError> {
         let s = ServiceGiven::validate(req, self.clock.today())?;
         let key = self.salt.person_key(s.id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         if let Some(day) = record.move_out_day {
             return Err(RegistryError::MovedOut { on: from_day_number(day) });
@@ -242,7 +315,7 @@ impl Registry {
         let mut secret = self.open(&key, &record)?;
         let day = day_number(s.date);
         if secret.services.iter().any(|e| e.kind == s.kind as i32 && e.day == day) {
-            self.commit_audit(&mut writer, self.store.batch(), "record_service_repeat", Some(&key))?;
+            self.commit_audit(writer, self.store.batch(), "record_service_repeat", Some(&key))?;
             return Ok(self.view(&record, secret));
         }
         let quarter = crate::domain::Period::of(s.date);
@@ -264,7 +337,7 @@ impl Registry {
         record.updated_at_ms = self.clock.now().timestamp_millis();
         let mut batch = self.store.batch();
         batch.put_person(&key, &record);
-        self.commit_audit(&mut writer, batch, "record_service", Some(&key))?;
+        self.commit_audit(writer, batch, "record_service", Some(&key))?;
         tracing::info!(person = ?key, "service recorded");
         Ok(self.view(&record, secret))
     }
@@ -272,10 +345,11 @@ impl Registry {
     pub fn get(&self, req: &pb::GetPersonRequest) -> Result<pb::Person, RegistryError> {
         let id = crate::domain::ResidentId::parse("id_number", &req.id_number)?;
         let key = self.salt.person_key(id.as_str());
-        let mut writer = self.lock();
+        // Read without the writer lock: the answer waits for its audit entry to be durable,
+        // and with it everything written before, so nothing it shows can be taken back.
         let record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         let secret = self.open(&key, &record)?;
-        self.commit_audit(&mut writer, self.store.batch(), "read", Some(&key))?;
+        self.commit_audit(self.lock(), self.store.batch(), "read", Some(&key))?;
         Ok(self.view(&record, secret))
     }
 
@@ -317,8 +391,8 @@ impl Registry {
                 }
             }
         }
-        let mut writer = self.lock();
-        self.commit_audit(&mut writer, self.store.batch(), "list", None)?;
+        let writer = self.lock();
+        self.commit_audit(writer, self.store.batch(), "list", None)?;
         let next_page_token = match (more, last) {
             (true, Some(k)) => k.to_hex(),
             _ => String::new(),
@@ -341,7 +415,7 @@ impl Registry {
     /// head moves only once the batch is durable.
     fn commit_audit(
         &self,
-        writer: &mut Writer,
+        writer: WriterGuard<'_>,
         batch: Batch<'_>,
         action: &str,
         person: Option<&PersonKey>,

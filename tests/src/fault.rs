@@ -300,6 +300,18 @@ pub struct FaultRun {
     pub pause: Duration,
     /// The node and gateway binaries; `None`: the ones next to the running executable.
     pub binaries: Option<(PathBuf, PathBuf)>,
+    /// Which nodes are killed, and whether their traffic is faulted too.
+    pub kill: Kill,
+}
+
+/// The faults of a run's cycles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    /// Any node is SIGKILLed, and any node's traffic dropped, delayed or black-holed.
+    Any,
+    /// Only the destinations (the sources of the notices, where the clients write) are
+    /// SIGKILLed, with no other fault: what a kill does to acknowledged writes.
+    Sources,
 }
 
 impl Default for FaultRun {
@@ -311,6 +323,7 @@ impl Default for FaultRun {
             clients: 2,
             pause: Duration::from_millis(10),
             binaries: None,
+            kill: Kill::Any,
         }
     }
 }
@@ -331,14 +344,25 @@ pub struct FaultReport {
     pub proxied_connections: u64,
     pub registered: u64,
     pub retried: u64,
+    /// SIGKILLs of a destination while one of its clients had a request on the wire.
+    pub kills_mid_request: u32,
+    /// Failed attempts by gRPC code, each retried until it succeeded.
+    pub failures: BTreeMap<String, u64>,
     pub drain: Duration,
     pub channels: Vec<ChannelCheck>,
     pub persons: PersonCheck,
+    /// Audit entries of every node, checked as a chain once the nodes stopped.
+    pub audit_entries: u64,
+    /// Nodes whose audit chain does not verify, with the first fault found.
+    pub audit_broken: Vec<(String, String)>,
 }
 
 impl FaultReport {
     pub fn lost(&self) -> u64 {
-        self.channels.iter().map(|c| c.lost).sum::<u64>() + self.persons.not_noticed + self.persons.not_answered
+        self.channels.iter().map(|c| c.lost).sum::<u64>()
+            + self.persons.not_noticed
+            + self.persons.not_answered
+            + self.persons.acked_missing
     }
 
     pub fn duplicated(&self) -> u64 {
@@ -353,7 +377,11 @@ impl FaultReport {
 
     /// Applied without a matching SENT entry, refused, or a sender's own log broken.
     pub fn other(&self) -> u64 {
-        self.channels.iter().map(|c| c.not_sent + c.refused + c.sender_broken).sum::<u64>() + self.persons.unknown
+        self.channels.iter().map(|c| c.not_sent + c.refused + c.sender_broken).sum::<u64>()
+            + self.persons.unknown
+            + self.persons.misrouted
+            + self.persons.stored_unacked
+            + self.audit_broken.len() as u64
     }
 
     pub fn is_clean(&self) -> bool {
@@ -384,16 +412,20 @@ impl std::fmt::Display for FaultReport {
         }
         writeln!(
             f,
-            "traffic: {} move-ins registered at {} destinations ({} retried across kills); every channel drained {:.1?} after the last fault",
+            "traffic: {} move-ins registered at {} destinations ({} retried across kills, {} kills with a request on the \
+             wire, failed attempts {:?}); every channel drained {:.1?} after the last fault",
             self.registered,
             DESTINATIONS.len(),
             self.retried,
+            self.kills_mid_request,
+            self.failures,
             self.drain
         )?;
         for c in &self.channels {
             writeln!(f, "  {c}")?;
         }
         writeln!(f, "  {}", self.persons)?;
+        writeln!(f, "  audit: {} entries on every node's chain; broken {:?}", self.audit_entries, self.audit_broken)?;
         write!(
             f,
             "lost {}, duplicated {}, out of order {} (applied but not sent, refused or broken: {})",
@@ -497,29 +529,42 @@ pub struct PersonCheck {
     pub answered_twice: u64,
     /// Notices or feedback about persons no destination registered.
     pub unknown: u64,
+    /// Notices applied at an origin that is not hers, or feedback from one.
+    pub misrouted: u64,
+    /// Move-ins a client was told succeeded that the destination does not hold.
+    pub acked_missing: u64,
+    /// Persons the destination holds that no client was told about.
+    pub stored_unacked: u64,
 }
 
 impl std::fmt::Display for PersonCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "persons: {} registered, {} noticed at the origin, {} answered with feedback; \
-             not noticed {}, noticed twice {}, not answered {}, answered twice {}, unknown {}",
+            "persons: {} acknowledged to clients, {} noticed at her own origin, {} answered with feedback; \
+             acknowledged but not stored {}, stored but not acknowledged {}, not noticed {}, noticed twice {}, \
+             not answered {}, answered twice {}, at another origin {}, unknown {}",
             self.registered,
             self.noticed,
             self.answered,
+            self.acked_missing,
+            self.stored_unacked,
             self.not_noticed,
             self.noticed_twice,
             self.not_answered,
             self.answered_twice,
+            self.misrouted,
             self.unknown
         )
     }
 }
 
-/// `registered`: destination → hex person keys; `logs`: every node's message log.
+/// `acked`: destination → hex person key → her origin, as the clients were told
+/// (`RegisterMoveIn` succeeded); `stored`: destination → the person keys it holds;
+/// `logs`: every node's message log. Each person is checked at her own origin only.
 pub fn check_persons(
-    registered: &BTreeMap<String, BTreeSet<String>>,
+    acked: &BTreeMap<String, BTreeMap<String, String>>,
+    stored: &BTreeMap<String, BTreeSet<String>>,
     logs: &BTreeMap<String, Vec<LogEntry>>,
 ) -> PersonCheck {
     let mut check = PersonCheck::default();
@@ -532,26 +577,39 @@ pub fn check_persons(
         }
         counts
     };
-    for (destination, persons) in registered {
+    let none = BTreeSet::new();
+    for (destination, persons) in acked {
         check.registered += persons.len() as u64;
-        let mut notices = BTreeMap::new();
-        let mut feedback = BTreeMap::new();
+        let held = stored.get(destination).unwrap_or(&none);
+        check.acked_missing += persons.keys().filter(|p| !held.contains(*p)).count() as u64;
+        check.stored_unacked += held.iter().filter(|p| !persons.contains_key(*p)).count() as u64;
         for origin in ORIGINS {
-            notices.extend(applied(origin, "move_in_notice", destination));
-            feedback.extend(applied(destination, "move_in_feedback", origin));
-        }
-        for (counts, once, missing, twice) in [
-            (&notices, &mut check.noticed, &mut check.not_noticed, &mut check.noticed_twice),
-            (&feedback, &mut check.answered, &mut check.not_answered, &mut check.answered_twice),
-        ] {
-            for person in persons {
-                match counts.get(person).copied().unwrap_or(0) {
-                    0 => *missing += 1,
-                    1 => *once += 1,
-                    _ => *twice += 1,
+            let notices = applied(origin, "move_in_notice", destination);
+            let feedback = applied(destination, "move_in_feedback", origin);
+            for (counts, once, missing, twice) in [
+                (&notices, &mut check.noticed, &mut check.not_noticed, &mut check.noticed_twice),
+                (&feedback, &mut check.answered, &mut check.not_answered, &mut check.answered_twice),
+            ] {
+                for (person, _) in persons.iter().filter(|(_, o)| o.as_str() == origin) {
+                    match counts.get(person).copied().unwrap_or(0) {
+                        0 => *missing += 1,
+                        1 => *once += 1,
+                        _ => *twice += 1,
+                    }
+                }
+                for person in counts.keys() {
+                    match persons.get(person) {
+                        None => check.unknown += 1,
+                        Some(hers) if hers != origin => check.misrouted += 1,
+                        Some(_) => {}
+                    }
                 }
             }
-            check.unknown += counts.keys().filter(|p| !persons.contains(*p)).count() as u64;
+        }
+    }
+    for (destination, held) in stored {
+        if !acked.contains_key(destination) {
+            check.stored_unacked += held.len() as u64;
         }
     }
     check
@@ -567,6 +625,13 @@ struct Load {
     retried: AtomicU64,
     /// Person numbers handed out, per destination.
     next: [AtomicU64; DESTINATIONS.len()],
+    /// Requests on the wire now, per destination.
+    in_flight: [AtomicU64; DESTINATIONS.len()],
+    /// Per destination: hex person key → origin, for every move-in a client was told
+    /// succeeded.
+    acked: std::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Failed attempts by gRPC code (retried while the node restarts).
+    failures: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// The `k`th move-in at destination `d`: numbers interleave so no person registers at
@@ -606,9 +671,22 @@ async fn load_client(
                     Err(e) => return Err(e).with_context(|| format!("connect {url}")),
                 }
             }
-            match client.as_mut().expect("connected").register_move_in(request.clone()).await {
-                Ok(_) => break,
+            load.in_flight[d].fetch_add(1, Ordering::SeqCst);
+            let answer = client.as_mut().expect("connected").register_move_in(request.clone()).await;
+            load.in_flight[d].fetch_sub(1, Ordering::SeqCst);
+            match answer {
+                Ok(response) => {
+                    let person = response.into_inner().person.context("RegisterMoveIn answered no person")?;
+                    let mut acked = load.acked.lock().expect("not poisoned");
+                    acked
+                        .entry(DESTINATIONS[d].to_owned())
+                        .or_default()
+                        .insert(person.person_key, request.id_number[..6].to_owned());
+                    break;
+                }
                 Err(status) if Instant::now() < give_up && crate::transient(&status) => {
+                    *load.failures.lock().expect("not poisoned").entry(format!("{:?}", status.code())).or_insert(0) +=
+                        1;
                     attempts += 1;
                     client = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -692,8 +770,11 @@ pub async fn run(opts: &FaultRun) -> anyhow::Result<FaultReport> {
             tokio::time::sleep(rng.millis(200, 1_500)).await;
             let target = rng.pick(&all).clone();
             let proxy = cluster.proxy(&target);
-            let victim = rng.pick(&all).clone();
-            let fault = match rng.below(4) {
+            let victim = match opts.kill {
+                Kill::Any => rng.pick(&all).clone(),
+                Kill::Sources => (*rng.pick(&DESTINATIONS)).to_owned(),
+            };
+            let fault = match if opts.kill == Kill::Any { rng.below(4) } else { 3 } {
                 0 => {
                     proxy.drop_connections();
                     report.drops += 1;
@@ -712,8 +793,13 @@ pub async fn run(opts: &FaultRun) -> anyhow::Result<FaultReport> {
                 }
                 _ => "untouched".to_owned(),
             };
+            let mid_request = DESTINATIONS
+                .iter()
+                .position(|d| *d == victim)
+                .is_some_and(|d| load.in_flight[d].load(Ordering::SeqCst) > 0);
             cluster.node_mut(&victim).kill()?;
             report.kills += 1;
+            report.kills_mid_request += u32::from(mid_request);
             let down = rng.millis(0, 1_000);
             tokio::time::sleep(down).await;
             cluster.node_mut(&victim).restart().await?;
@@ -776,12 +862,23 @@ pub async fn run(opts: &FaultRun) -> anyhow::Result<FaultReport> {
             }
         }
     }
-    let mut registered = BTreeMap::new();
+    let mut stored = BTreeMap::new();
     for destination in DESTINATIONS {
         let persons = cluster.node(destination).list_persons().await?;
-        registered.insert(destination.to_owned(), persons.into_iter().map(|p| p.person_key).collect());
+        stored.insert(destination.to_owned(), persons.into_iter().map(|p| p.person_key).collect());
     }
-    report.persons = check_persons(&registered, &logs);
+    let acked = std::mem::take(&mut *load.acked.lock().expect("not poisoned"));
+    report.failures = std::mem::take(&mut *load.failures.lock().expect("not poisoned"));
+    report.persons = check_persons(&acked, &stored, &logs);
+    for division in &all {
+        let node = cluster.node_mut(division);
+        node.stop().await?;
+        let store = ldx_node::storage::Store::open(&node.data_dir(), division, false)?;
+        match ldx_node::registry::verify_audit_chain(&store) {
+            Ok(entries) => report.audit_entries += entries,
+            Err(fault) => report.audit_broken.push((division.clone(), fault)),
+        }
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -842,7 +939,7 @@ mod tests {
 
     #[test]
     fn the_person_check_finds_missing_and_repeated_notices() {
-        let (d, o) = (DESTINATIONS[0], ORIGINS[0]);
+        let (d, o, other) = (DESTINATIONS[0], ORIGINS[0], ORIGINS[1]);
         let notice = |peer: &str, kind: &str, person: &str| LogEntry {
             direction: Direction::Applied as i32,
             peer: peer.into(),
@@ -860,12 +957,18 @@ mod tests {
                     notice(d, "move_in_notice", "x"),
                 ],
             ),
+            // Her notice at the other origin: once at each origin is not once at hers.
+            (other.to_owned(), vec![notice(d, "move_in_notice", "a")]),
             (d.to_owned(), vec![notice(o, "move_in_feedback", "a"), notice(o, "move_in_feedback", "b")]),
         ]);
-        let registered = BTreeMap::from([(d.to_owned(), BTreeSet::from(["a".to_owned(), "b".into(), "c".into()]))]);
-        let check = check_persons(&registered, &logs);
-        assert_eq!((check.registered, check.noticed, check.noticed_twice, check.not_noticed), (3, 1, 1, 1));
-        assert_eq!((check.answered, check.not_answered, check.unknown), (2, 1, 1));
+        let hers = |p: &str| (p.to_owned(), o.to_owned());
+        let acked = BTreeMap::from([(d.to_owned(), BTreeMap::from([hers("a"), hers("b"), hers("c"), hers("lost")]))]);
+        let stored =
+            BTreeMap::from([(d.to_owned(), BTreeSet::from(["a".to_owned(), "b".into(), "c".into(), "stray".into()]))]);
+        let check = check_persons(&acked, &stored, &logs);
+        assert_eq!((check.registered, check.noticed, check.noticed_twice, check.not_noticed), (4, 1, 1, 2));
+        assert_eq!((check.answered, check.not_answered, check.unknown, check.misrouted), (2, 2, 1, 1));
+        assert_eq!((check.acked_missing, check.stored_unacked), (1, 1));
     }
 
     #[test]

@@ -86,9 +86,9 @@ impl Pair {
     /// Carries everything pending on the channel `from -> to` and acks it.
     fn deliver(&self, from: &Registry, to: &Registry) {
         let (sender, receiver) = (from.division().as_str(), to.division().as_str());
-        let acked = from.outbound().into_iter().find(|(p, _)| p == receiver).map_or(0, |(_, s)| s.acked_seq);
+        let state = from.outbound_to(receiver);
         let batch: Vec<_> = from
-            .outbox_batch(receiver, acked + 1, 10_000, usize::MAX)
+            .outbox_batch(receiver, state.acked_seq + 1, state.head_seq, 10_000, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(_, bytes)| {

@@ -3,7 +3,7 @@
 //! healthy target with its division, name and role, and has `ldx_channel_pending` for
 //! every channel the gateway knows of, all checked through Prometheus's own HTTP API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -274,6 +274,42 @@ async fn prometheus_scrapes_every_node_found_through_the_gateway() -> anyhow::Re
         "Prometheus scrapes {} nodes and has ldx_channel_pending for {} channels",
         divisions.len(),
         channels.len()
+    );
+
+    // The counters and histograms recorded in the nodes reach Prometheus too: every county
+    // applied notices, and every node synced its WAL (group commit).
+    let instances = |data: &Value| -> BTreeMap<String, f64> {
+        data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["metric"]["job"] == "ldx-nodes")
+            .map(|s| {
+                let division = s["metric"]["division"].as_str().unwrap_or_default().to_owned();
+                (division, s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN))
+            })
+            .collect()
+    };
+    for (query, who) in [
+        ("ldx_envelopes_applied_total", &COUNTIES[..]),
+        ("ldx_wal_sync_seconds_count", &divisions[..]),
+        ("ldx_commit_group_size_count", &divisions[..]),
+        ("ldx_commit_seconds_count", &divisions[..]),
+    ] {
+        let mut last = BTreeMap::new();
+        wait_until(SCRAPE_TIMEOUT, &format!("{query} above 0 at {who:?}"), async || {
+            let Ok(data) = p.api(&format!("/api/v1/query?query={query}")).await else { return false };
+            last = instances(&data);
+            who.iter().all(|d| last.get(*d).is_some_and(|v| *v > 0.0))
+        })
+        .await
+        .with_context(|| format!("{query}: Prometheus has {last:?}"))?;
+        eprintln!("{query}: {last:?}");
+    }
+    let buckets = p.api("/api/v1/query?query=ldx_wal_sync_seconds_bucket").await?;
+    assert!(
+        buckets["result"].as_array().is_some_and(|r| r.iter().any(|s| s["metric"]["le"] == "0.001")),
+        "the WAL sync histogram has its buckets: {buckets:#}"
     );
     Ok(())
 }

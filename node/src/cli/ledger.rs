@@ -1,8 +1,10 @@
 //! `ldx-node ledger import|export`: a ledger CSV in, as registrations at the running node,
 //! or every person at the node out, as a ledger CSV.
 //!
-//! Import sends up to [`IN_FLIGHT`] requests at once over one connection. The rows of one
-//! person go in file order, one after the other, so a repeated ID meets its earlier row.
+//! Import sends up to [`IN_FLIGHT`] requests at once over one connection. A person with one
+//! row and no move-out goes with others in one `RegisterMoveIns` of up to [`BATCH`] rows;
+//! the rows of a person with several, or with a move-out, go in file order, one after the
+//! other, so a repeated ID meets its earlier row.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -22,6 +24,8 @@ use crate::ledger::{self, Row, RowError, Step};
 
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 16;
+/// Rows of one `RegisterMoveIns` request (the node's limit).
+const BATCH: usize = crate::registry::MOVE_INS_MAX;
 /// Rows between two updates of the progress line.
 const PROGRESS_EVERY: usize = 200;
 
@@ -70,13 +74,17 @@ async fn import(args: &ClientArgs, file: &Path, errors_file: Option<&Path>) -> a
     let mut tally = Tally { done: errors.len(), errors: errors.len(), ..Tally::default() };
     let mut progress = Progress::new(total);
 
-    let mut persons = by_person(parsed.rows).into_iter();
+    let mut work = batched(by_person(parsed.rows)).into_iter();
     let mut tasks = JoinSet::new();
     let mut fatal: Option<(u64, tonic::Status)> = None;
     loop {
         while fatal.is_none() && tasks.len() < IN_FLIGHT {
-            let Some(rows) = persons.next() else { break };
-            tasks.spawn(import_person(RegistryClient::new(channel.clone()), rows));
+            let client = RegistryClient::new(channel.clone());
+            match work.next() {
+                Some(Work::Batch(rows)) => tasks.spawn(import_batch(client, rows)),
+                Some(Work::Person(rows)) => tasks.spawn(import_person(client, rows)),
+                None => break,
+            };
         }
         let Some(joined) = tasks.join_next().await else { break };
         let report = joined.context("an import task failed")?;
@@ -166,6 +174,80 @@ fn by_person(rows: Vec<Row>) -> Vec<Vec<Row>> {
         }
     }
     groups
+}
+
+/// What one import task sends.
+enum Work {
+    /// Persons of one row each, without a move-out: one `RegisterMoveIns`.
+    Batch(Vec<Row>),
+    /// One person's rows, one request after the other.
+    Person(Vec<Row>),
+}
+
+/// Persons of a single move-in row go in batches of up to [`BATCH`]; the others alone.
+fn batched(persons: Vec<Vec<Row>>) -> Vec<Work> {
+    let mut work = Vec::new();
+    let mut batch = Vec::new();
+    for mut rows in persons {
+        if rows.len() == 1 && rows[0].move_out.is_none() {
+            batch.push(rows.pop().expect("one row"));
+            if batch.len() == BATCH {
+                work.push(Work::Batch(std::mem::take(&mut batch)));
+            }
+        } else {
+            work.push(Work::Person(rows));
+        }
+    }
+    if !batch.is_empty() {
+        work.push(Work::Batch(batch));
+    }
+    work
+}
+
+/// Move-ins of different persons in one request. A node without `RegisterMoveIns` (an
+/// older build) gets them one by one.
+async fn import_batch(mut client: RegistryClient<Channel>, rows: Vec<Row>) -> PersonReport {
+    let mut report = PersonReport { rows: Vec::with_capacity(rows.len()), fatal: None };
+    let request = pb::RegisterMoveInsRequest { move_ins: rows.iter().map(|r| r.move_in.clone()).collect() };
+    let results = match client.register_move_ins(request).await {
+        Ok(response) => response.into_inner().results,
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            for row in rows {
+                let one = import_person(client.clone(), vec![row]).await;
+                report.rows.extend(one.rows);
+                if one.fatal.is_some() {
+                    report.fatal = one.fatal;
+                    break;
+                }
+            }
+            return report;
+        }
+        Err(status) => {
+            report.fatal = Some((rows[0].number, status));
+            return report;
+        }
+    };
+    if results.len() != rows.len() {
+        let status =
+            tonic::Status::internal(format!("the node answered {} results for {} move-ins", results.len(), rows.len()));
+        report.fatal = Some((rows[0].number, status));
+        return report;
+    }
+    for (row, result) in rows.iter().zip(results) {
+        if result.person.is_some() {
+            let outcome = if result.created { Outcome::Stored } else { Outcome::Unchanged };
+            report.rows.push((row.number, Ok(outcome)));
+            continue;
+        }
+        let status = tonic::Status::new(tonic::Code::from(result.error_code), result.error);
+        match failure(row.number, Step::MoveIn, status) {
+            Failure::Row(e) => report.rows.push((row.number, Err(e))),
+            Failure::Node(status) => {
+                report.fatal.get_or_insert((row.number, status));
+            }
+        }
+    }
+    report
 }
 
 /// One person's rows, in order. Stops at a failure of the node itself.

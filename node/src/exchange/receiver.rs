@@ -183,7 +183,7 @@ impl exchange_server::Exchange for ExchangeService {
             } else {
                 tracing::warn!(code = ?s.code(), message = s.message(), "sync refused");
             }
-            metrics::counter!("ldx_sync_refused_total").increment(1);
+            metrics::counter!(crate::metrics::names::SYNC_REFUSED).increment(1);
         })?;
         let registry = self.registry.clone();
         let (from, to) = (channel.from.clone(), channel.to.clone());
@@ -250,8 +250,8 @@ impl exchange_server::Exchange for ExchangeService {
                 };
                 match outcome {
                     Ok(done) => {
-                        metrics::counter!("ldx_envelopes_applied_total").increment(done.applied as u64);
-                        metrics::counter!("ldx_envelopes_refused_total").increment(done.refused as u64);
+                        metrics::counter!(crate::metrics::names::ENVELOPES_APPLIED).increment(done.applied as u64);
+                        metrics::counter!(crate::metrics::names::ENVELOPES_REFUSED).increment(done.refused as u64);
                         let ack = pb::SyncResponse {
                             kind: Some(pb::sync_response::Kind::Ack(pb::Ack { applied_seq: done.applied_seq })),
                         };
@@ -261,7 +261,7 @@ impl exchange_server::Exchange for ExchangeService {
                     }
                     Err(status) => {
                         tracing::warn!(from = %channel.from, to = %channel.to, code = ?status.code(), message = status.message(), "batch rejected");
-                        metrics::counter!("ldx_batches_rejected_total").increment(1);
+                        metrics::counter!(crate::metrics::names::BATCHES_REJECTED).increment(1);
                         let _ = tx.send(Err(status)).await;
                         return;
                     }

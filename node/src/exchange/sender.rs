@@ -95,7 +95,8 @@ pub async fn supervise(ctx: SenderContext, mut wake: mpsc::UnboundedReceiver<Str
 }
 
 fn pending(ctx: &SenderContext, peer: &str) -> bool {
-    ctx.registry.outbound().into_iter().any(|(p, s)| p == peer && s.head_seq > s.acked_seq)
+    let state = ctx.registry.outbound_to(peer);
+    state.head_seq > state.acked_seq
 }
 
 async fn run_channel(ctx: SenderContext, peer: String, notify: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
@@ -220,7 +221,7 @@ async fn session(
         other => return Err(SessionError::Protocol(format!("expected Hello, got {other:?}"))),
     };
     let resumed = hello.last_applied_seq;
-    let state = ctx.registry.outbound().into_iter().find(|(p, _)| p == peer).map(|(_, s)| s).unwrap_or_default();
+    let state = ctx.registry.outbound_to(peer);
     if resumed > state.head_seq {
         return Err(SessionError::Untrusted(format!(
             "{peer} says it applied seq {resumed}, beyond this channel's head {}; nothing is trimmed",
@@ -245,7 +246,7 @@ async fn session(
     let mut next = resumed + 1;
     let mut inflight: VecDeque<u64> = VecDeque::new();
     loop {
-        let head = ctx.registry.outbound().into_iter().find(|(p, _)| p == peer).map_or(0, |(_, s)| s.head_seq);
+        let head = ctx.registry.outbound_to(peer).head_seq;
         while inflight.len() < inflight_max && next <= head {
             // The receiver must still be the one the current directory pins: a revocation
             // or rotation reaches a connection already open.
@@ -253,7 +254,7 @@ async fn session(
             let (max_count, max_bytes) = (ctx.config.batch_max_envelopes as usize, ctx.config.batch_max_bytes as usize);
             let peer_owned = peer.to_owned();
             let batch = blocking(ctx, move |r| {
-                r.outbox_batch(&peer_owned, next, max_count, max_bytes).map_err(|e| e.to_string())
+                r.outbox_batch(&peer_owned, next, head, max_count, max_bytes).map_err(|e| e.to_string())
             })
             .await?;
             let Some((last_seq, last_bytes)) = batch.last() else {

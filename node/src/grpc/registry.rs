@@ -51,6 +51,30 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::RegisterMoveInResponse { person: Some(person), created }))
     }
 
+    #[instrument(skip_all, name = "register_move_ins")]
+    async fn register_move_ins(
+        &self,
+        request: Request<pb::RegisterMoveInsRequest>,
+    ) -> Result<Response<pb::RegisterMoveInsResponse>, Status> {
+        let req = request.into_inner();
+        let outcomes = self.run(move |r| r.move_ins(&req.move_ins)).await?;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok((person, created)) => pb::MoveInResult { person: Some(person), created, ..Default::default() },
+                Err(e) => {
+                    let status = status::from_registry(e);
+                    pb::MoveInResult {
+                        error_code: status.code() as i32,
+                        error: status.message().to_owned(),
+                        ..Default::default()
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::RegisterMoveInsResponse { results }))
+    }
+
     #[instrument(skip_all, name = "register_move_out")]
     async fn register_move_out(
         &self,

@@ -15,6 +15,13 @@ pub fn from_registry(err: RegistryError) -> Status {
         RegistryError::Storage(crate::storage::StorageError::EnvelopeTooLarge { .. }) => Code::InvalidArgument,
         // Nothing was stored, and trying again later works: the disk is full or failing.
         RegistryError::Storage(crate::storage::StorageError::DiskFull { .. }) => Code::Unavailable,
+        RegistryError::Storage(crate::storage::StorageError::SyncFailed(_)) => {
+            tracing::error!(error = %err, "registry request failed: the change may not be durable");
+            return Status::unavailable(
+                "the node could not make the change durable and stops to recover; \
+                 send the request again once it is back (a repeated request is recognised)",
+            );
+        }
         RegistryError::Storage(crate::storage::StorageError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::IOError => {
             tracing::error!(error = %err, "registry request failed: the store cannot write");
             return Status::unavailable(

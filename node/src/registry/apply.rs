@@ -88,8 +88,11 @@ fn date(field: &'static str, raw: &str) -> Result<NaiveDate, Fail> {
 
 impl Registry {
     /// State of the channel `from -> to` as this node has applied it.
+    /// It is durable when returned: a peer told it may skip what was applied.
     pub fn inbound(&self, from: &str, to: &str) -> Result<InChannel, StorageError> {
-        self.store.in_channel(from, to)
+        let state = self.store.in_channel(from, to)?;
+        self.store.barrier()?;
+        Ok(state)
     }
 
     /// Every channel this node receives on.
@@ -106,7 +109,7 @@ impl Registry {
         to: &str,
         envelopes: &[(Vec<u8>, pb::Envelope)],
     ) -> Result<ApplyOutcome, ApplyError> {
-        let mut writer = self.lock();
+        let writer = self.lock();
         let mut state = self.store.in_channel(from, to)?;
         let (Some((_, first)), Some((_, last))) = (envelopes.first(), envelopes.last()) else {
             return Ok(ApplyOutcome { applied_seq: state.applied_seq, applied: 0, refused: 0 });
@@ -183,7 +186,7 @@ impl Registry {
         state.last_hash = prev_hash;
         state.last_applied_ms = now;
         txn.batch.put_in_channel(from, to, &state);
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         Ok(ApplyOutcome { applied_seq: state.applied_seq, applied, refused })
     }
 

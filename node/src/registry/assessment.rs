@@ -266,7 +266,7 @@ impl Registry {
             return Ok(0);
         }
         let statements = self.assessment(period)?;
-        let mut writer = self.lock();
+        let writer = self.lock();
         let sent: HashSet<String> =
             self.store.statements(false, period.index())?.into_iter().map(|(counterpart, _)| counterpart).collect();
         let mut txn = Txn::new(self.store.batch());
@@ -280,7 +280,7 @@ impl Registry {
             count += 1;
         }
         if count > 0 {
-            self.commit_txn(&mut writer, txn)?;
+            self.commit_txn(writer, txn)?;
             tracing::info!(%period, count, "assessment statements sent to the counterparts");
         }
         Ok(count)

@@ -70,9 +70,10 @@ fn pending(from: &Node, to: &str) -> Vec<(Vec<u8>, pb::Envelope)> {
 
 /// The envelopes of `registry`'s channel to `to` that are not acked yet, decoded.
 pub(super) fn unacked(registry: &Registry, to: &str) -> Vec<(Vec<u8>, pb::Envelope)> {
-    let acked = registry.outbound().into_iter().find(|(p, _)| p == to).map_or(0, |(_, s)| s.acked_seq);
+    let state = registry.outbound_to(to);
+    let acked = state.acked_seq;
     registry
-        .outbox_batch(to, acked + 1, 10_000, usize::MAX)
+        .outbox_batch(to, acked + 1, state.head_seq, 10_000, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, bytes)| {
@@ -315,11 +316,11 @@ fn a_query_about_someone_the_origin_does_not_know_is_answered_with_a_reason_and_
     let (dest, origin) = (node(DEST), node(ORIGIN));
     let key = dest.registry.salt.person_key(&id(7));
     {
-        let mut writer = dest.registry.lock();
+        let writer = dest.registry.lock();
         let mut txn = sync::Txn::new(dest.store.batch());
         let query = pb::CertificateQuery { issue: true, answer_due: "2026-11-30".into() };
         dest.registry.enqueue(&writer, &mut txn, ORIGIN, &key, ldx_proto::v1::envelope::Body::CertificateQuery(query));
-        dest.registry.commit_txn(&mut writer, txn).unwrap();
+        dest.registry.commit_txn(writer, txn).unwrap();
     }
     assert_eq!(deliver(&dest, &origin).applied, 1);
     assert_eq!(origin.registry.certificates_refused(), 1);
@@ -346,13 +347,12 @@ fn an_envelope_no_peer_would_accept_is_never_queued() {
     let dest = node(DEST);
     dest.registry.move_in(&move_in(1, DEST, pb::Role::Residence)).unwrap();
     let before = (dest.registry.outbound(), dest.store.audit_head().unwrap());
-    let mut writer = dest.registry.lock();
+    let writer = dest.registry.lock();
     let mut txn = sync::Txn::new(dest.store.batch());
     let huge = pb::SetAside { reason: "x".repeat(crate::exchange::MAX_ENVELOPE_BYTES), ..Default::default() };
     dest.registry.enqueue_keyed(&writer, &mut txn, ORIGIN, Vec::new(), pb::envelope::Body::SetAside(huge));
     txn.audit("test", None);
-    let err = dest.registry.commit_txn(&mut writer, txn).unwrap_err();
-    drop(writer);
+    let err = dest.registry.commit_txn(writer, txn).unwrap_err();
     assert!(matches!(err, StorageError::EnvelopeTooLarge { .. }), "{err}");
     assert!(err.to_string().starts_with("the set_aside for 411421 would be an envelope of 65"), "{err}");
     assert!(err.to_string().ends_with("over the 65536 a channel carries; nothing was stored"), "{err}");

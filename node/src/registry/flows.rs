@@ -85,7 +85,7 @@ impl Registry {
             );
         };
         let key = self.salt.person_key(id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         if record.role != pb::Role::Workplace as i32 {
             return Err(InvalidField::new("id_number", "(not shown)", "must be registered here as WORKPLACE").into());
@@ -103,7 +103,7 @@ impl Registry {
         let sync = record.sync.get_or_insert_with(SyncRecord::default);
         if !sync.transfer.is_empty() {
             if sync.transfer_peer == peer && sync.transfer_day == Some(day_number(separation)) {
-                self.commit_audit(&mut writer, self.store.batch(), "transfer_repeat", Some(&key))?;
+                self.commit_audit(writer, self.store.batch(), "transfer_repeat", Some(&key))?;
                 return Ok(self.view(&record, secret));
             }
             return Err(InvalidField::new(
@@ -137,7 +137,7 @@ impl Registry {
         self.put_due(&mut txn, &key, due::TRANSFER_ACCEPT, &peer, day_number(accept_due));
         txn.put_person(&key, record.clone());
         txn.audit("transfer_archive", Some(&key));
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         tracing::info!(person = ?key, peer = %peer, "archive transfer requested");
         Ok(self.view(&record, secret))
     }
@@ -149,7 +149,7 @@ impl Registry {
             return Err(RegistryError::NotSyncing);
         }
         let key = self.salt.person_key(id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         if record.role == pb::Role::Origin as i32 {
             return Err(InvalidField::new("id_number", "(not shown)", "is registered here as her origin").into());
@@ -164,7 +164,7 @@ impl Registry {
         self.enqueue(&writer, &mut txn, &peer, &key, Body::CertificateQuery(query));
         self.put_due(&mut txn, &key, due::CERTIFICATE_ANSWER, &peer, day_number(answer_due));
         txn.audit("query_certificate", Some(&key));
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         tracing::info!(person = ?key, peer = %peer, "certificate query sent");
         Ok(self.view(&record, secret))
     }

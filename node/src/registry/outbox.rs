@@ -40,8 +40,8 @@ impl Registry {
         for (seq, entry) in self.store.outbox_from(&req.peer, first, page_size, usize::MAX)? {
             envelopes.push(self.outbox_view(&req.peer, seq, &entry));
         }
-        let mut writer = self.lock();
-        self.commit_audit(&mut writer, self.store.batch(), "list_outbox", None)?;
+        let writer = self.lock();
+        self.commit_audit(writer, self.store.batch(), "list_outbox", None)?;
         Ok(pb::ListOutboxResponse {
             envelopes,
             acked_seq: state.acked_seq,
@@ -72,7 +72,7 @@ impl Registry {
     pub fn set_aside(&self, req: &pb::SetAsideEnvelopeRequest) -> Result<pb::OutboxEnvelope, RegistryError> {
         let reason = required_text("reason", &req.reason, SET_ASIDE_REASON_MAX, false)?;
         self.out_channel(&req.peer)?;
-        let mut writer = self.lock();
+        let writer = self.lock();
         let state = writer.out.get(&req.peer).cloned().unwrap_or_default();
         if req.seq <= state.acked_seq || req.seq > state.head_seq {
             let rule = match state.acked_seq == state.head_seq {
@@ -136,7 +136,7 @@ impl Registry {
         let person = <[u8; 32]>::try_from(person_key.as_slice()).ok().map(crate::crypto::PersonKey);
         txn.audit("outbox_set_aside", person.as_ref());
         txn.wake(&req.peer);
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         tracing::warn!(peer = %req.peer, seq = req.seq, kind = %shown.kind, bytes = shown.bytes, reason = %reason, "envelope set aside");
         Ok(shown)
     }

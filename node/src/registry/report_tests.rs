@@ -87,10 +87,10 @@ impl Federation {
     fn send_raw(&self, from: &str, person: u32, report: pb::ServiceReport) {
         let sender = self.at(from);
         let key = sender.salt.person_key(&id(person));
-        let mut writer = sender.lock();
+        let writer = sender.lock();
         let mut txn = Txn::new(sender.store.batch());
         sender.enqueue(&writer, &mut txn, ORIGIN, &key, Body::ServiceReport(report));
-        sender.commit_txn(&mut writer, txn).unwrap();
+        sender.commit_txn(writer, txn).unwrap();
     }
 }
 
@@ -428,10 +428,10 @@ fn reports_signed_or_sent_by_the_wrong_node_or_late_are_rejected() {
     ldx_proto::report::sign_verdict(&mut forged, &f.nodes[R1].key);
     let key = origin.salt.person_key(&id(2));
     {
-        let mut writer = origin.lock();
+        let writer = origin.lock();
         let mut txn = Txn::new(origin.store.batch());
         origin.enqueue(&writer, &mut txn, R2, &key, Body::ReportVerdict(forged));
-        origin.commit_txn(&mut writer, txn).unwrap();
+        origin.commit_txn(writer, txn).unwrap();
     }
     let outcome = f.deliver(ORIGIN, R2);
     assert_eq!((outcome.applied, outcome.refused), (0, 1));

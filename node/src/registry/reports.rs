@@ -18,7 +18,7 @@ use prost::Message;
 use super::apply::{Fail, refuse};
 use super::flows::add_days;
 use super::sync::Txn;
-use super::{Registry, RegistryError, Writer};
+use super::{Registry, RegistryError, Writer, WriterGuard};
 use crate::clock::{day_number, from_day_number};
 use crate::crypto::PersonKey;
 use crate::domain::{InvalidField, Period, ResidentId};
@@ -101,11 +101,11 @@ impl Registry {
             }
         };
         let key = self.salt.person_key(id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let mut record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         let mut secret = self.open(&key, &record)?;
         if secret.photo_digest == bytes {
-            self.commit_audit(&mut writer, self.store.batch(), "record_photo_repeat", Some(&key))?;
+            self.commit_audit(writer, self.store.batch(), "record_photo_repeat", Some(&key))?;
             return Ok(self.view(&record, secret));
         }
         secret.photo_digest = bytes;
@@ -113,7 +113,7 @@ impl Registry {
         record.updated_at_ms = self.clock.now().timestamp_millis();
         let mut batch = self.store.batch();
         batch.put_person(&key, &record);
-        self.commit_audit(&mut writer, batch, "record_photo", Some(&key))?;
+        self.commit_audit(writer, batch, "record_photo", Some(&key))?;
         Ok(self.view(&record, secret))
     }
 
@@ -130,14 +130,14 @@ impl Registry {
             return Err(InvalidField::new("period", period.to_string(), "has not begun yet").into());
         }
         let key = self.salt.person_key(id.as_str());
-        let mut writer = self.lock();
+        let writer = self.lock();
         let record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
         let report_key = ReportKey { person: key, period: period.index(), issuer: self.division.as_str().to_owned() };
         if let Some(existing) = self.store.report(&report_key)? {
-            self.commit_audit(&mut writer, self.store.batch(), "issue_report_repeat", Some(&key))?;
+            self.commit_audit(writer, self.store.batch(), "issue_report_repeat", Some(&key))?;
             return Ok((self.report_view(&report_key, &existing)?, false));
         }
-        let stored = self.issue_locked(&mut writer, &key, &record, period)?;
+        let stored = self.issue_locked(writer, &key, &record, period)?;
         Ok((self.report_view(&report_key, &stored)?, true))
     }
 
@@ -163,10 +163,10 @@ impl Registry {
                 if self.store.report(&report_key)?.is_some() {
                     continue;
                 }
-                let mut writer = self.lock();
+                let writer = self.lock();
                 // Read again under the lock: a staff request may have changed her since.
                 let Some(record) = self.store.person(&key)? else { continue };
-                match self.issue_locked(&mut writer, &key, &record, period) {
+                match self.issue_locked(writer, &key, &record, period) {
                     Ok(_) => issued += 1,
                     Err(RegistryError::Invalid(e)) => {
                         tracing::debug!(person = ?key, %period, reason = %e, "report not ready");
@@ -198,7 +198,7 @@ impl Registry {
 
     fn issue_locked(
         &self,
-        writer: &mut Writer,
+        writer: WriterGuard<'_>,
         key: &PersonKey,
         record: &PersonRecord,
         period: Period,
@@ -263,7 +263,7 @@ impl Registry {
         };
         let mut txn = Txn::new(self.store.batch());
         txn.batch.put_report(&report_key, &stored);
-        self.enqueue(writer, &mut txn, &origin, key, Body::ServiceReport(report));
+        self.enqueue(&writer, &mut txn, &origin, key, Body::ServiceReport(report));
         txn.audit("issue_report", Some(key));
         self.commit_txn(writer, txn)?;
         tracing::info!(person = ?key, %period, origin = %origin, "service report issued");
@@ -304,8 +304,8 @@ impl Registry {
             }
             last = Some(key);
         }
-        let mut writer = self.lock();
-        self.commit_audit(&mut writer, self.store.batch(), "list_reports", None)?;
+        let writer = self.lock();
+        self.commit_audit(writer, self.store.batch(), "list_reports", None)?;
         Ok(page)
     }
 
@@ -321,13 +321,13 @@ impl Registry {
             return Err(InvalidField::new("reason", "", "is required to reject a report").into());
         }
         let detail = crate::domain::fields::optional_text("detail", &req.detail, 200, false)?;
-        let mut writer = self.lock();
+        let writer = self.lock();
         let found = self.store.reports()?.into_iter().find(|(_, r)| r.report_id == req.report_id && !r.issued_here);
         let Some((report_key, mut stored)) = found else {
             return Err(InvalidField::new("report_id", &req.report_id, "is not a report received at this node").into());
         };
         if stored.status != pb::ReportStatus::AwaitingVerification as i32 {
-            self.commit_audit(&mut writer, self.store.batch(), "verify_report_repeat", Some(&report_key.person))?;
+            self.commit_audit(writer, self.store.batch(), "verify_report_repeat", Some(&report_key.person))?;
             return Ok((self.report_view(&report_key, &stored)?, false));
         }
         let report = self.open_report(&report_key, &stored)?;
@@ -338,7 +338,7 @@ impl Registry {
             Fail::Refused(_) => RegistryError::NotSyncing,
         })?;
         txn.audit("verify_report", Some(&report_key.person));
-        self.commit_txn(&mut writer, txn)?;
+        self.commit_txn(writer, txn)?;
         tracing::info!(report = %stored.report_id, accepted = req.accept, "report verified by an operator");
         Ok((self.report_view(&report_key, &stored)?, true))
     }

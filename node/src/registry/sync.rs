@@ -8,7 +8,7 @@ use ldx_proto::v1 as pb;
 use ldx_proto::v1::envelope::Body;
 use prost::Message;
 
-use super::{Registry, Writer};
+use super::{Registry, Writer, WriterGuard};
 use crate::config::DeadlineConfig;
 use crate::crypto::PersonKey;
 use crate::storage::keys::{DueKey, OutboxKey};
@@ -241,15 +241,18 @@ impl Registry {
         txn.batch.put_due(&DueKey { person: *person, what }, &item);
     }
 
-    /// Commits `txn` with its audit entries and log records; the in-memory heads move
-    /// only once the batch is durable, and senders are woken after.
-    pub(super) fn commit_txn(&self, writer: &mut Writer, mut txn: Txn<'_>) -> Result<(), StorageError> {
+    /// Commits `txn` with its audit entries and log records. The change is prepared and
+    /// written under the writer lock, which is let go before the wait for the disk, so the
+    /// next change is written while this one syncs and one sync answers many (group
+    /// commit). Senders see the new envelopes, and are woken, only once they are durable.
+    pub(super) fn commit_txn(&self, mut writer: WriterGuard<'_>, mut txn: Txn<'_>) -> Result<(), StorageError> {
         if let Some(oversized) = txn.oversized.take() {
             return Err(oversized);
         }
         if !txn.within_reserve {
             self.store.check_space()?;
         }
+        let started = std::time::Instant::now();
         let mut audit = writer.audit.clone();
         for (action, person) in &txn.audit {
             let entry = AuditEntry {
@@ -274,11 +277,16 @@ impl Registry {
         if txn.certificates_refused > 0 {
             txn.batch.put_certificates_refused(certificates_refused);
         }
-        txn.batch.commit()?;
+        let ticket = txn.batch.write()?;
         writer.audit = audit;
         writer.log_head = log_head;
         writer.certificates_refused = certificates_refused;
-        writer.out.extend(txn.out);
+        writer.out.extend(txn.out.iter().map(|(p, s)| (p.clone(), s.clone())));
+        drop(writer);
+
+        self.store.wait_durable(ticket)?;
+        metrics::histogram!(crate::metrics::names::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        self.publish(txn.out, certificates_refused);
         if let Some(hooks) = &self.exchange {
             for peer in txn.wake {
                 let _ = hooks.wake.send(peer);
@@ -287,29 +295,56 @@ impl Registry {
         Ok(())
     }
 
-    /// Certificate queries this node answered without a certificate, as committed.
-    pub fn certificates_refused(&self) -> u64 {
-        self.lock().certificates_refused
+    /// Makes durable channel heads visible to the senders. Changes become durable in the
+    /// order they were written, but their writers may publish in any order: heads only
+    /// move forward.
+    fn publish(&self, out: HashMap<String, OutChannel>, certificates_refused: u64) {
+        let mut durable = self.durable();
+        for (peer, state) in out {
+            let known = durable.out.entry(peer).or_default();
+            if state.head_seq > known.head_seq {
+                known.head_seq = state.head_seq;
+                known.head_hash = state.head_hash;
+            }
+            known.acked_seq = known.acked_seq.max(state.acked_seq);
+        }
+        durable.certificates_refused = durable.certificates_refused.max(certificates_refused);
     }
 
-    /// Every channel this node sends on, as of the last commit.
+    /// Certificate queries this node answered without a certificate, as durable.
+    pub fn certificates_refused(&self) -> u64 {
+        self.durable().certificates_refused
+    }
+
+    /// Every channel this node sends on, as durable: a sender never serves an envelope a
+    /// crash could still take back.
     pub fn outbound(&self) -> Vec<(String, OutChannel)> {
-        let writer = self.lock();
-        let mut all: Vec<_> = writer.out.iter().map(|(p, s)| (p.clone(), s.clone())).collect();
+        let durable = self.durable();
+        let mut all: Vec<_> = durable.out.iter().map(|(p, s)| (p.clone(), s.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
-    /// Envelopes of the channel to `peer` from `first` on, as the bytes that were hashed.
+    /// The durable state of the channel to `peer`.
+    pub fn outbound_to(&self, peer: &str) -> OutChannel {
+        self.durable().out.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// Envelopes of the channel to `peer` from `first` to at most `last` (a durable head),
+    /// as the bytes that were hashed.
     pub fn outbox_batch(
         &self,
         peer: &str,
         first: u64,
+        last: u64,
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, super::RegistryError> {
         let mut out = Vec::new();
         for (seq, entry) in self.store.outbox_from(peer, first, max_count, max_bytes)? {
+            if seq > last {
+                break;
+            }
             let key = OutboxKey { peer: peer.to_owned(), seq }.encode();
             out.push((seq, self.data_key.open(&key, &entry.sealed)?.to_vec()));
         }
@@ -336,8 +371,12 @@ impl Registry {
         batch.delete_outbox(peer, state.acked_seq + 1, acked);
         state.acked_seq = acked;
         batch.put_out_channel(peer, &state);
-        batch.commit()?;
-        writer.out.insert(peer.to_owned(), state);
+        let ticket = batch.write()?;
+        writer.out.insert(peer.to_owned(), state.clone());
+        drop(writer);
+        self.store.wait_durable(ticket)?;
+        let certificates_refused = self.durable().certificates_refused;
+        self.publish(HashMap::from([(peer.to_owned(), state)]), certificates_refused);
         Ok(())
     }
 

@@ -273,3 +273,40 @@ fn a_record_that_does_not_open_is_left_out_of_the_list_and_counted() {
     let err = f.registry.get(&pb::GetPersonRequest { id_number: move_in(3).id_number }).unwrap_err();
     assert!(matches!(err, RegistryError::Sealed(_)), "{err}");
 }
+
+#[test]
+fn a_batch_of_move_ins_answers_each_in_order_and_stores_the_valid_ones() {
+    let f = fixture();
+    f.registry.move_in(&move_in(1)).unwrap();
+    let mut bad_id = move_in(3);
+    bad_id.id_number = "41142119900101003X".into();
+    let mut changed = move_in(1);
+    changed.address = "别处".into();
+    let batch = [move_in(2), bad_id, move_in(1), changed, move_in(4), move_in(4)];
+    let before = f.store.audit_head().unwrap().seq;
+    let results = f.registry.move_ins(&batch).unwrap();
+    assert_eq!(results.len(), batch.len());
+    assert!(matches!(&results[0], Ok((p, true)) if p.name == "测试2"));
+    match &results[1] {
+        Err(RegistryError::Invalid(e)) => assert!(e.to_string().starts_with("id_number:"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&results[2], Ok((_, false))), "the same move-in again is a repeat");
+    assert!(matches!(&results[3], Err(RegistryError::AlreadyRegistered { .. })), "{:?}", results[3]);
+    assert!(matches!(&results[4], Ok((_, true))));
+    assert!(matches!(&results[5], Ok((_, false))), "the same person twice in one batch is stored once");
+    assert_eq!(f.store.persons_after(None).count(), 3);
+    // One audit entry per answered item: move_in, move_in_repeat, move_in, move_in_repeat.
+    assert_eq!(f.store.audit_head().unwrap().seq, before + 4);
+    assert_eq!(crate::registry::verify_audit_chain(&f.store).unwrap(), before + 4);
+}
+
+#[test]
+fn a_batch_over_the_limit_is_refused_whole() {
+    let f = fixture();
+    let before = snapshot(&f.store);
+    let batch: Vec<_> = (0..=MOVE_INS_MAX as u32).map(|n| move_in(n % 1000)).collect();
+    let err = f.registry.move_ins(&batch).unwrap_err();
+    assert_eq!(err.to_string(), "move_ins: 1001 must hold at most 1000 move-ins");
+    assert_eq!(snapshot(&f.store), before);
+}

@@ -207,9 +207,7 @@ impl Registry {
         };
         items.truncate(page_size);
 
-        let mut writer = self.lock();
-        self.commit_audit(&mut writer, self.store.batch(), "list_work", None)?;
-        drop(writer);
+        self.commit_audit(self.lock(), self.store.batch(), "list_work", None)?;
         Ok(pb::ListWorkResponse {
             today: today.to_string(),
             due_before: before.to_string(),

@@ -3,6 +3,7 @@
 
 pub mod cf;
 pub mod codec;
+mod durable;
 mod exchange;
 pub mod keys;
 pub mod records;
@@ -16,6 +17,7 @@ use rocksdb::{
 };
 
 use crate::crypto::PersonKey;
+pub use durable::Ticket;
 use keys::{MetaKey, PersonRecordKey};
 use records::{AuditHead, PersonRecord};
 
@@ -46,6 +48,8 @@ pub enum StorageError {
          nothing was stored; free space on the data directory's disk and try again"
     )]
     DiskFull { free_mb: u64, reserve_mb: u64 },
+    #[error("the node's write-ahead log could not be synced to disk ({0}); the node stops to recover")]
+    SyncFailed(String),
 }
 
 /// Free bytes (for an unprivileged user) on the file system holding `path`.
@@ -56,7 +60,13 @@ fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 pub struct Store {
     db: DB,
+    /// Single writes outside the commit order (`meta` entries): synced when `sync` is.
     write_opts: WriteOptions,
+    /// Batches go to the WAL without waiting; [`Store::wait_durable`] syncs them in groups.
+    batch_opts: WriteOptions,
+    /// Whether changes are fsync'd before they are acknowledged.
+    sync: bool,
+    group: durable::GroupSync,
     disk: DiskState,
 }
 
@@ -96,7 +106,9 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(sync);
-        let store = Self { db, write_opts, disk: DiskState::default() };
+        let batch_opts = WriteOptions::default();
+        let store =
+            Self { db, write_opts, batch_opts, sync, group: durable::GroupSync::default(), disk: DiskState::default() };
         store.check_identity(division)?;
         Ok(store)
     }
@@ -217,9 +229,28 @@ impl Store {
         }
     }
 
-    /// The error of the last failed write, while writes fail.
+    /// The error of the last failed write, while writes fail; after a failed WAL sync, that
+    /// error for good (only a restart tells what is durable).
     pub fn write_failure(&self) -> Option<String> {
+        if let Some(failed) = self.group.failure() {
+            return Some(failed);
+        }
         self.disk.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Waits until the write of `ticket`, and so every write before it, is on disk. Many
+    /// waiters share one sync (group commit).
+    pub fn wait_durable(&self, ticket: Ticket) -> Result<(), StorageError> {
+        if !self.sync {
+            return Ok(());
+        }
+        self.group.wait(ticket, || self.db.flush_wal(true).map_err(|e| e.to_string())).map_err(StorageError::SyncFailed)
+    }
+
+    /// Waits until every write made so far is on disk: what was read before this call is
+    /// then durable, so it can be told to a peer.
+    pub fn barrier(&self) -> Result<(), StorageError> {
+        self.wait_durable(self.group.last_written())
     }
 
     /// A small write that shows whether writes work again.
@@ -290,9 +321,23 @@ impl Batch<'_> {
         self.inner.is_empty()
     }
 
+    /// Writes the batch to the WAL and the memtable without waiting for the disk. The
+    /// caller holds the commit order (the registry's writer lock) and passes the ticket to
+    /// [`Store::wait_durable`] once it has let go of it.
+    pub fn write(self) -> Result<Ticket, StorageError> {
+        if let Some(failed) = self.store.group.failure() {
+            return Err(StorageError::SyncFailed(failed));
+        }
+        let written = self.store.db.write_opt(self.inner, &self.store.batch_opts);
+        self.store.noted(written)?;
+        Ok(self.store.group.written())
+    }
+
+    /// Writes the batch and waits until it is durable.
     pub fn commit(self) -> Result<(), StorageError> {
-        let written = self.store.db.write_opt(self.inner, &self.store.write_opts);
-        self.store.noted(written)
+        let store = self.store;
+        let ticket = self.write()?;
+        store.wait_durable(ticket)
     }
 }
 

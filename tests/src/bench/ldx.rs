@@ -5,14 +5,13 @@
 //! - live: `clients` concurrent staff clients, one move-in per `Registry.RegisterMoveIn`,
 //!   each answered only once its batch (record + outbox envelope) is durable; end to end
 //!   is the first request → the origin's applied seq covering the last notice.
-//! - bulk: the node has no batch registration API (`ldx-node ledger import` registers
-//!   one by one through `Registry::move_in`), so this is the catch-up shape: the origin is
-//!   stopped, `bulk` notices queue in the outbox, the origin restarts and the channel
-//!   drains in wire batches of up to 1000; throughput is counted from the origin serving
-//!   again to the last notice applied.
+//! - bulk: one client, `Registry.RegisterMoveIns` of 1000 move-ins per request (what
+//!   `ldx-node ledger import` sends), each answered once durable; end to end is the first
+//!   request → the origin's applied seq covering the last notice.
 //! - latency: move-ins at a fixed rate, open loop; per notice the time from the request to
 //!   the `at_ms` of the origin's APPLIED log entry for her.
-//! - catch-up: the bulk shape once with `catchup` notices; drain time from the restart.
+//! - catch-up: the origin is stopped while `catchup` notices queue (registered in batches),
+//!   then restarted; drain time from the restart, wire batches of up to 1000.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +35,8 @@ pub const DEST: &str = "410103007";
 pub const ORIGIN: &str = "411421";
 /// Longest wait for a channel to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1_800);
+/// Move-ins of one `RegisterMoveIns` request in the bulk shape.
+const BATCH: u64 = 1000;
 /// Largest page of `Monitor.ListLog`.
 const LOG_PAGE: u32 = 10_000;
 
@@ -48,10 +49,10 @@ pub struct LdxResults {
     /// Every acknowledgement latency of the live shape, ms.
     pub live_ack_ms: Vec<f64>,
     pub live_cpu: Vec<CpuUse>,
-    /// Notices/s drained in the bulk (catch-up) shape, from the origin serving again.
+    /// Notices/s end to end of the bulk shape (batches of 1000).
     pub bulk: Vec<f64>,
-    /// Move-ins/s committed at the source while the notices queued.
-    pub bulk_queue: Vec<f64>,
+    /// Move-ins/s acknowledged (durable) at the source in the bulk shape.
+    pub bulk_source: Vec<f64>,
     pub bulk_cpu: Vec<CpuUse>,
     /// At the configured rate, then (if set) at the lower rate.
     pub latency: Vec<Latency>,
@@ -160,20 +161,38 @@ impl Bench {
     }
 
     /// Registers `count` move-ins from `clients` concurrent clients, each waiting for its
-    /// answer before the next; returns every acknowledgement latency in ms.
-    async fn register(&self, clients: usize, count: u64) -> anyhow::Result<Vec<f64>> {
+    /// answer before the next: one per `RegisterMoveIn` when `per_request` is 1, else in
+    /// `RegisterMoveIns` of `per_request`. Returns every request's latency in ms.
+    async fn register(&self, clients: usize, count: u64, per_request: u64) -> anyhow::Result<Vec<f64>> {
         let issued = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for mut client in self.clients(clients).await? {
             let (issued, next) = (issued.clone(), self.next.clone());
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                while issued.fetch_add(1, Ordering::Relaxed) < count {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    let take = per_request.min(count.saturating_sub(issued.fetch_add(per_request, Ordering::Relaxed)));
+                    if take == 0 {
+                        break;
+                    }
+                    let first = next.fetch_add(take as u32, Ordering::Relaxed);
                     let start = Instant::now();
-                    let resp = client.register_move_in(request(n)).await.context("RegisterMoveIn")?.into_inner();
+                    let created: Vec<(bool, String)> = if per_request == 1 {
+                        let resp = client.register_move_in(request(first)).await.context("RegisterMoveIn")?;
+                        vec![(resp.into_inner().created, String::new())]
+                    } else {
+                        let move_ins = (first..first + take as u32).map(request).collect();
+                        let resp = client
+                            .register_move_ins(pb::RegisterMoveInsRequest { move_ins })
+                            .await
+                            .context("RegisterMoveIns")?;
+                        resp.into_inner().results.into_iter().map(|r| (r.created, r.error)).collect()
+                    };
                     latencies.push(ms(start.elapsed()));
-                    ensure!(resp.created, "move-in {n} was already registered");
+                    ensure!(created.len() as u64 == take, "{} results for {take} move-ins", created.len());
+                    if let Some((_, error)) = created.iter().find(|(c, _)| !c) {
+                        anyhow::bail!("a move-in from {first} on was not created: {error:?}");
+                    }
                 }
                 anyhow::Ok(latencies)
             }));
@@ -189,7 +208,7 @@ impl Bench {
     async fn live(&self, config: &BenchConfig, out: &mut LdxResults) -> anyhow::Result<()> {
         let cpu = self.cpu();
         let start = Instant::now();
-        let acks = self.register(config.clients, config.live).await?;
+        let acks = self.register(config.clients, config.live, 1).await?;
         let source = start.elapsed();
         let head = self.outbound().await?.head_seq;
         self.wait_applied(head).await?;
@@ -206,14 +225,10 @@ impl Bench {
 
     /// The origin down while `count` notices queue, then restarted: returns (queue rate,
     /// restart time, drain time from the restart, CPU during the drain).
-    async fn catch_up(
-        &mut self,
-        config: &BenchConfig,
-        count: u64,
-    ) -> anyhow::Result<(f64, Duration, Duration, CpuUse)> {
+    async fn catch_up(&mut self, count: u64) -> anyhow::Result<(f64, Duration, Duration, CpuUse)> {
         self.cluster.node_mut(ORIGIN).stop().await?;
         let start = Instant::now();
-        self.register(config.clients, count).await?;
+        self.register(2, count, BATCH).await?;
         let queue_rate = rate(count, start.elapsed());
         let head = self.outbound().await?.head_seq;
         let restart = Instant::now();
@@ -224,22 +239,29 @@ impl Bench {
         Ok((queue_rate, ready, restart.elapsed(), cpu.finish()))
     }
 
+    /// One repetition of the bulk shape.
     async fn bulk(&mut self, config: &BenchConfig, out: &mut LdxResults) -> anyhow::Result<()> {
-        let (queue_rate, ready, drain, cpu) = self.catch_up(config, config.bulk).await?;
-        let r = rate(config.bulk, drain - ready);
+        let cpu = self.cpu();
+        let start = Instant::now();
+        let requests = self.register(1, config.bulk, BATCH).await?;
+        let source = start.elapsed();
+        let head = self.outbound().await?.head_seq;
+        self.wait_applied(head).await?;
+        let end_to_end = start.elapsed();
+        let cpu = cpu.finish();
+        let (r, s) = (rate(config.bulk, end_to_end), rate(config.bulk, source));
         eprintln!(
-            "   ldx bulk: {} notices drained at {r:.0}/s after the origin served again ({:.2} s to restart); \
-             queued at {queue_rate:.0}/s; {cpu}",
-            config.bulk,
-            ready.as_secs_f64()
+            "   ldx bulk: {r:.0} notices/s end to end, {s:.0} move-ins/s acknowledged at the source \
+             ({} requests of {BATCH}, median {:.1} ms); {cpu}",
+            requests.len(),
+            super::median(&requests)
         );
         out.bulk.push(r);
-        out.bulk_queue.push(queue_rate);
+        out.bulk_source.push(s);
         out.bulk_cpu.push(cpu);
         Ok(())
     }
 
-    /// Origin log entries after the last one read.
     async fn new_log(&mut self) -> anyhow::Result<Vec<pb::LogEntry>> {
         let mut monitor = self.cluster.node(ORIGIN).monitor().await?;
         let mut entries = Vec::new();
@@ -318,7 +340,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<LdxResults> {
     let channel = bench.outbound().await?;
     out.envelope_bytes = channel.bytes_sent as f64 / channel.envelopes_sent.max(1) as f64;
     eprintln!("   ldx catch-up: queueing {} notices for the stopped origin", config.catchup);
-    let (queue_rate, restart, drain, cpu) = bench.catch_up(config, config.catchup).await?;
+    let (queue_rate, restart, drain, cpu) = bench.catch_up(config.catchup).await?;
     eprintln!(
         "   ldx catch-up: {} notices drained in {:.1} s after the restart ({:.2} s to serve); {cpu}",
         config.catchup,

@@ -124,11 +124,11 @@ impl Report {
         if let Some(l) = &self.ldx {
             rows.push(row(
                 format!(
-                    "1a ldx bulk, catch-up shape: {} queued, origin restarted, drained (wire batches ≤ 1000)",
+                    "1a ldx bulk, 1 client, RegisterMoveIns of 1000, acked when durable, {} notices to the origin",
                     thousands(c.bulk as f64)
                 ),
                 format!("{} notices/s", thousands(median(&l.bulk))),
-                format!("{}; queued at {}/s", range(&l.bulk), thousands(median(&l.bulk_queue))),
+                format!("{}; at source {}/s", range(&l.bulk), thousands(median(&l.bulk_source))),
                 "",
                 String::new(),
             ));
@@ -323,7 +323,7 @@ impl fmt::Display for Report {
         }
         if let Some(l) = &self.ldx {
             let _ = writeln!(notes, "ldx move-in notice envelope: {:.0} bytes on the wire (mean)", l.envelope_bytes);
-            for (what, cpu) in [("live", &l.live_cpu), ("bulk drain", &l.bulk_cpu)] {
+            for (what, cpu) in [("live", &l.live_cpu), ("bulk", &l.bulk_cpu)] {
                 for (i, u) in cpu.iter().enumerate() {
                     let _ = writeln!(notes, "CPU, ldx {what} rep {}: {u}", i + 1);
                 }
