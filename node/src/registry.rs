@@ -139,6 +139,7 @@ impl Registry {
         division: Division,
     ) -> Result<Self, StorageError> {
         bind_data_key(&store, &data_key)?;
+        store.index_report_ids()?;
         let audit = store.audit_head()?;
         let out: HashMap<String, OutChannel> = store.out_channels()?.into_iter().collect();
         let log_head = store.log_head()?;

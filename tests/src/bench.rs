@@ -43,9 +43,11 @@ pub struct BenchConfig {
     /// A second, lower rate for the latency scenario, to show the pipeline's latency when
     /// the node is not saturated (`LDX_BENCH_LOW_RATE`, default 200; 0: skip).
     pub low_rate: u64,
-    /// Envelopes queued for a peer that is down (`LDX_BENCH_CATCHUP`, default 100,000;
-    /// the figure is 1,000,000).
+    /// Envelopes queued for a peer that is down (`LDX_BENCH_CATCHUP`, default 1,000,000).
     pub catchup: u64,
+    /// Rows of the ledger file imported with `ldx-node ledger import`
+    /// (`LDX_BENCH_LEDGER`, default 100,000; 0: skip).
+    pub ledger_rows: u64,
     /// Idle nodes started to measure memory (`LDX_BENCH_IDLE_NODES`, default 30).
     pub idle_nodes: usize,
     /// Directory lookups timed per repetition (`LDX_BENCH_LOOKUPS`, default 1,000,000).
@@ -75,7 +77,8 @@ impl Default for BenchConfig {
             rate: 1_000,
             latency_secs: 10,
             low_rate: 200,
-            catchup: 100_000,
+            catchup: 1_000_000,
+            ledger_rows: 100_000,
             idle_nodes: 30,
             lookups: 1_000_000,
             divisions: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/divisions"),
@@ -100,6 +103,7 @@ impl BenchConfig {
         env_parse("LDX_BENCH_LATENCY_SECS", &mut c.latency_secs)?;
         env_parse("LDX_BENCH_LOW_RATE", &mut c.low_rate)?;
         env_parse("LDX_BENCH_CATCHUP", &mut c.catchup)?;
+        env_parse("LDX_BENCH_LEDGER", &mut c.ledger_rows)?;
         env_parse("LDX_BENCH_IDLE_NODES", &mut c.idle_nodes)?;
         env_parse("LDX_BENCH_LOOKUPS", &mut c.lookups)?;
         if let Ok(v) = std::env::var("LDX_BENCH_DIVISIONS") {

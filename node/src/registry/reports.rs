@@ -23,7 +23,7 @@ use crate::clock::{day_number, from_day_number};
 use crate::crypto::PersonKey;
 use crate::domain::{InvalidField, Period, ResidentId};
 use crate::storage::StorageError;
-use crate::storage::keys::ReportKey;
+use crate::storage::keys::{ReportIdKey, ReportKey};
 use crate::storage::records::{PersonRecord, PersonSecret, ReportRecord};
 
 /// The signing key of a node in the directory, by division code.
@@ -322,7 +322,7 @@ impl Registry {
         }
         let detail = crate::domain::fields::optional_text("detail", &req.detail, 200, false)?;
         let writer = self.lock();
-        let found = self.store.reports()?.into_iter().find(|(_, r)| r.report_id == req.report_id && !r.issued_here);
+        let found = self.store.reports_with_id(&req.report_id)?.into_iter().find(|(_, r)| !r.issued_here);
         let Some((report_key, mut stored)) = found else {
             return Err(InvalidField::new("report_id", &req.report_id, "is not a report received at this node").into());
         };
@@ -505,6 +505,12 @@ impl Registry {
         }
         if r.report_id.is_empty() || r.person_key != key.0 {
             return reject(Why::Malformed, "report_id is empty or person_key is not the envelope's".into());
+        }
+        if r.report_id.len() > ReportIdKey::ID_MAX {
+            return reject(
+                Why::Malformed,
+                format!("report_id is {} bytes, over {}", r.report_id.len(), ReportIdKey::ID_MAX),
+            );
         }
         let Ok(issued) = NaiveDate::parse_from_str(&r.issued_on, "%Y-%m-%d") else {
             return reject(Why::Malformed, format!("issued_on {:?} is not a date YYYY-MM-DD", r.issued_on));

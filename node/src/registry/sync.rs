@@ -254,22 +254,23 @@ impl Registry {
         }
         let started = std::time::Instant::now();
         let mut audit = writer.audit.clone();
+        let mut entries = Vec::with_capacity(txn.audit.len());
+        let at_ms = self.clock.now().timestamp_millis();
         for (action, person) in &txn.audit {
             let entry = AuditEntry {
                 seq: audit.seq + 1,
-                at_ms: self.clock.now().timestamp_millis(),
+                at_ms,
                 action: action.clone(),
                 person_key: person.map(|k| k.0.to_vec()).unwrap_or_default(),
                 prev_hash: audit.hash.clone(),
             };
             audit = AuditHead { seq: entry.seq, hash: super::audit_hash(&entry) };
-            txn.batch.put_audit(&entry, &audit);
+            entries.push(entry);
         }
-        let mut log_head = writer.log_head;
-        for record in &txn.log {
-            log_head += 1;
-            txn.batch.put_log(log_head, record);
+        if !entries.is_empty() {
+            txn.batch.put_audit(&entries, &audit);
         }
+        let log_head = txn.batch.put_log(writer.log_head, &txn.log);
         for (peer, state) in &txn.out {
             txn.batch.put_out_channel(peer, state);
         }

@@ -12,6 +12,8 @@ pub const LOG: &str = "log";
 pub const DUE: &str = "due";
 /// Service reports issued here, or received here for verification, per person and quarter.
 pub const REPORTS: &str = "reports";
+/// Index of `reports` by report ID: ID ‖ report key, no value.
+pub const REPORT_IDS: &str = "report_ids";
 /// Assessment statements sent to and received from counterparts, per quarter.
 pub const STATEMENTS: &str = "statements";
 /// Every read or write of personal data, hash-chained.
@@ -19,4 +21,4 @@ pub const AUDIT: &str = "audit";
 /// Schema version, audit chain head, directory cache.
 pub const META: &str = "meta";
 
-pub const ALL: [&str; 9] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, STATEMENTS, AUDIT, META];
+pub const ALL: [&str; 10] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, REPORT_IDS, STATEMENTS, AUDIT, META];

@@ -4,9 +4,12 @@
 
 use rocksdb::{Direction, IteratorMode};
 
-use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey, ReportKey, StatementKey};
+use super::keys::{ChannelKey, DueKey, LogKey, MetaKey, OutboxKey, ReportIdKey, ReportKey, StatementKey};
 use super::records::{DueItem, InChannel, LogRecord, OutChannel, OutboxEntry, ReportRecord};
 use super::{Batch, StorageError, Store, cf, codec};
+
+/// Above this many envelopes, an ack deletes them with one range tombstone.
+const OUTBOX_POINT_DELETES_MAX: u64 = 4096;
 
 fn corrupt(what: &'static str) -> impl Fn(super::keys::KeyDecodeError) -> StorageError {
     move |e| StorageError::Corrupt { what, detail: e.to_string() }
@@ -160,6 +163,38 @@ impl Store {
             })
     }
 
+    /// The reports with this ID (an issuer's ID can repeat another issuer's), found in
+    /// the `report_ids` index.
+    pub fn reports_with_id(&self, report_id: &str) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
+        let Some(prefix) = ReportIdKey::prefix(report_id) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::REPORT_IDS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = ReportIdKey::decode(report_id, &k).map_err(corrupt("report id key"))?;
+            if let Some(record) = self.report(&key)? {
+                out.push((key, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Indexes every stored report by its ID, once: a store written before the index
+    /// existed gets it at its first start.
+    pub fn index_report_ids(&self) -> Result<(), StorageError> {
+        if self.meta(MetaKey::ReportIdIndex)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        for (key, record) in self.reports()? {
+            batch.put_report_id(&key, &record);
+        }
+        batch.inner.put_cf(self.cf(cf::META), MetaKey::ReportIdIndex.encode(), [1]);
+        batch.commit()
+    }
+
     /// Every report at this node, by person and period.
     pub fn reports(&self) -> Result<Vec<(ReportKey, ReportRecord)>, StorageError> {
         self.reports_from(&ReportKey::first())
@@ -202,6 +237,13 @@ impl Batch<'_> {
 
     pub fn put_report(&mut self, key: &ReportKey, record: &ReportRecord) {
         self.inner.put_cf(self.store.cf(cf::REPORTS), key.encode(), codec::encode(record));
+        self.put_report_id(key, record);
+    }
+
+    fn put_report_id(&mut self, key: &ReportKey, record: &ReportRecord) {
+        if let Some(index) = ReportIdKey::encode(&record.report_id, key) {
+            self.inner.put_cf(self.store.cf(cf::REPORT_IDS), index, []);
+        }
     }
 
     pub fn put_outbox(&mut self, peer: &str, seq: u64, entry: &OutboxEntry) {
@@ -211,6 +253,15 @@ impl Batch<'_> {
 
     /// Removes the channel's envelopes with `first <= seq <= last`.
     pub fn delete_outbox(&mut self, peer: &str, first: u64, last: u64) {
+        // An ack covers a batch or a few: point deletes. Every read of the outbox must
+        // fragment the range tombstones in its memtable, so one per ack would slow each
+        // sender's read by the number of acks since the last flush.
+        if last >= first && last - first < OUTBOX_POINT_DELETES_MAX {
+            for seq in first..=last {
+                self.inner.delete_cf(self.store.cf(cf::OUTBOX), OutboxKey { peer: peer.to_owned(), seq }.encode());
+            }
+            return;
+        }
         let from = OutboxKey { peer: peer.to_owned(), seq: first }.encode();
         let to = match last.checked_add(1) {
             Some(end) => OutboxKey { peer: peer.to_owned(), seq: end }.encode(),
@@ -234,9 +285,17 @@ impl Batch<'_> {
     }
 
     /// Appends log entry `index`, which must follow the stored head by one.
-    pub fn put_log(&mut self, index: u64, record: &LogRecord) {
-        self.inner.put_cf(self.store.cf(cf::LOG), LogKey(index).encode(), codec::encode(record));
-        self.inner.put_cf(self.store.cf(cf::META), MetaKey::LogHead.encode(), index.to_be_bytes());
+    /// Appends `records` to the message log after `head` and moves its head, written once.
+    pub fn put_log(&mut self, head: u64, records: &[LogRecord]) -> u64 {
+        let mut index = head;
+        for record in records {
+            index += 1;
+            self.inner.put_cf(self.store.cf(cf::LOG), LogKey(index).encode(), codec::encode(record));
+        }
+        if index != head {
+            self.inner.put_cf(self.store.cf(cf::META), MetaKey::LogHead.encode(), index.to_be_bytes());
+        }
+        index
     }
 
     pub fn put_certificates_refused(&mut self, count: u64) {
@@ -282,6 +341,18 @@ mod tests {
         let rest: Vec<u64> = store.outbox_from("411421", 1, 100, 1 << 20).unwrap().into_iter().map(|e| e.0).collect();
         assert_eq!(rest, [4, 5]);
         assert_eq!(store.outbox_from("41142", 1, 100, 1 << 20).unwrap().len(), 5, "other channel untouched");
+        // A long range (a peer that resumes far ahead) is one range tombstone.
+        let mut batch = store.batch();
+        for seq in 6..=OUTBOX_POINT_DELETES_MAX + 10 {
+            batch.put_outbox("411421", seq, &entry(1));
+        }
+        batch.commit().unwrap();
+        let mut batch = store.batch();
+        batch.delete_outbox("411421", 4, OUTBOX_POINT_DELETES_MAX + 8);
+        batch.commit().unwrap();
+        let rest: Vec<u64> = store.outbox_from("411421", 1, 100, 1 << 20).unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(rest, [OUTBOX_POINT_DELETES_MAX + 9, OUTBOX_POINT_DELETES_MAX + 10]);
+        assert_eq!(store.outbox_from("41142", 1, 100, 1 << 20).unwrap().len(), 5, "other channel untouched");
     }
 
     #[test]
@@ -291,8 +362,9 @@ mod tests {
         let mut batch = store.batch();
         batch.put_out_channel("411421", &OutChannel { head_seq: 3, head_hash: vec![1], acked_seq: 2 });
         batch.put_in_channel("411421", "410103007", &InChannel { applied_seq: 9, ..Default::default() });
-        batch.put_log(1, &LogRecord { seq: 1, ..Default::default() });
-        batch.put_log(2, &LogRecord { seq: 2, ..Default::default() });
+        let head =
+            batch.put_log(0, &[LogRecord { seq: 1, ..Default::default() }, LogRecord { seq: 2, ..Default::default() }]);
+        assert_eq!(head, 2);
         let due = DueKey { person: crate::crypto::PersonKey([7; 32]), what: 1 };
         batch.put_due(&due, &DueItem { due_day: 5, ..Default::default() });
         batch.commit().unwrap();
@@ -326,5 +398,37 @@ mod tests {
         let key = ReportKey { person: b, period: 8104, issuer: "410103007".into() };
         assert_eq!(store.report(&key).unwrap().unwrap().report_id, "8104");
         assert!(store.report(&ReportKey { issuer: "410103003".into(), ..key }).unwrap().is_none());
+    }
+
+    #[test]
+    fn reports_are_found_by_id_and_an_older_store_is_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "411421", false).unwrap();
+        let key = |person: u8, issuer: &str| ReportKey {
+            person: crate::crypto::PersonKey([person; 32]),
+            period: 8104,
+            issuer: issuer.into(),
+        };
+        let record = |id: &str| ReportRecord { report_id: id.into(), ..Default::default() };
+        let mut batch = store.batch();
+        batch.put_report(&key(1, "410103007"), &record("410103007-2026Q1-aa"));
+        // Another issuer may choose the same ID: both are found.
+        batch.put_report(&key(2, "410103003"), &record("410103007-2026Q1-aa"));
+        batch.put_report(&key(3, "410103007"), &record(&"x".repeat(ReportIdKey::ID_MAX + 1)));
+        batch.commit().unwrap();
+        let found: Vec<u8> =
+            store.reports_with_id("410103007-2026Q1-aa").unwrap().iter().map(|(k, _)| k.person.0[0]).collect();
+        assert_eq!(found, [1, 2]);
+        assert!(store.reports_with_id("410103007-2026Q1-ab").unwrap().is_empty());
+        assert!(store.reports_with_id(&"x".repeat(ReportIdKey::ID_MAX + 1)).unwrap().is_empty(), "too long to index");
+
+        // A report written before the index existed.
+        let mut old = store.batch();
+        old.inner.put_cf(store.cf(cf::REPORTS), key(4, "410103007").encode(), codec::encode(&record("old-id")));
+        old.commit().unwrap();
+        assert!(store.reports_with_id("old-id").unwrap().is_empty());
+        store.index_report_ids().unwrap();
+        assert_eq!(store.reports_with_id("old-id").unwrap().len(), 1);
+        assert_eq!(store.meta(MetaKey::ReportIdIndex).unwrap().as_deref(), Some(&[1u8][..]));
     }
 }

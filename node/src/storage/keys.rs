@@ -38,6 +38,10 @@ mod kind {
     pub const DUE_ITEM: u8 = 0x01;
     /// `reports`: a service report issued or received here.
     pub const REPORT: u8 = 0x01;
+    /// `report_ids`: a report's ID and where the report is.
+    pub const REPORT_ID: u8 = 0x01;
+    /// `meta`: set once `report_ids` indexes every stored report.
+    pub const REPORT_ID_INDEX: u8 = 0x09;
     /// `statements`: an assessment statement this node sent to a counterpart.
     pub const STATEMENT_SENT: u8 = 0x01;
     /// `statements`: an assessment statement a counterpart sent about this node.
@@ -380,6 +384,7 @@ pub enum MetaKey {
     CertificatesRefused,
     DataKeyCheck,
     WriteProbe,
+    ReportIdIndex,
 }
 
 impl MetaKey {
@@ -393,7 +398,44 @@ impl MetaKey {
             Self::CertificatesRefused => kind::CERTIFICATES_REFUSED,
             Self::DataKeyCheck => kind::DATA_KEY_CHECK,
             Self::WriteProbe => kind::WRITE_PROBE,
+            Self::ReportIdIndex => kind::REPORT_ID_INDEX,
         }]
+    }
+}
+
+/// `report_ids`: kind ‖ report ID (length-prefixed) ‖ [`ReportKey`]. IDs are not unique
+/// across issuers (a peer chooses its own), so the key holds where each report is.
+pub struct ReportIdKey;
+
+impl ReportIdKey {
+    /// Longest report ID that is indexed (and that a received report may carry).
+    pub const ID_MAX: usize = 64;
+
+    /// `None` for an ID too long to index.
+    pub fn encode(report_id: &str, report: &ReportKey) -> Option<Vec<u8>> {
+        let mut out = Self::prefix(report_id)?;
+        out.extend_from_slice(&report.encode());
+        Some(out)
+    }
+
+    /// Prefix of every entry of `report_id`.
+    pub fn prefix(report_id: &str) -> Option<Vec<u8>> {
+        if report_id.is_empty() || report_id.len() > Self::ID_MAX {
+            return None;
+        }
+        let mut out = Vec::with_capacity(2 + report_id.len() + 48);
+        out.push(kind::REPORT_ID);
+        put_bytes(&mut out, report_id.as_bytes());
+        Some(out)
+    }
+
+    /// The report an entry of `report_id` points to.
+    pub fn decode(report_id: &str, bytes: &[u8]) -> Result<ReportKey, KeyDecodeError> {
+        let prefix = Self::prefix(report_id).ok_or(KeyDecodeError { what: "report id", why: "ID not indexable" })?;
+        match bytes.strip_prefix(prefix.as_slice()) {
+            Some(rest) => ReportKey::decode(rest),
+            None => Err(KeyDecodeError { what: "report id", why: "another ID" }),
+        }
     }
 }
 

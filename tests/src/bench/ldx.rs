@@ -57,6 +57,7 @@ pub struct LdxResults {
     /// At the configured rate, then (if set) at the lower rate.
     pub latency: Vec<Latency>,
     pub catchup: Option<Catchup>,
+    pub ledger: Option<LedgerRun>,
     /// Mean bytes of a move-in notice envelope on the wire.
     pub envelope_bytes: f64,
 }
@@ -73,6 +74,17 @@ pub struct Latency {
     /// Request → acknowledged (durable at the source), ms.
     pub ack_ms: Vec<f64>,
     pub cpu: CpuUse,
+}
+
+/// `ldx-node ledger import` of a generated file at the street office.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerRun {
+    pub rows: u64,
+    pub elapsed: Duration,
+    /// Peak resident memory of the `ldx-node ledger import` process (`VmHWM`), KiB.
+    pub cli_peak_kib: u64,
+    /// Resident memory of the street office's node before and after, KiB.
+    pub node_kib: (u64, u64),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -262,6 +274,61 @@ impl Bench {
         Ok(())
     }
 
+    /// Imports a ledger of `rows` new persons through the CLI, as a clerk would.
+    async fn ledger(&self, rows: u64) -> anyhow::Result<LedgerRun> {
+        let path = self.cluster.root().join("bench-ledger.csv");
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut writer = ldx_node::ledger::Writer::new(file)?;
+        let first = self.next.fetch_add(u32::try_from(rows)?, Ordering::Relaxed);
+        for n in first..first + rows as u32 {
+            let r = request(n);
+            writer.person(&pb::Person {
+                id_number: r.id_number,
+                name: r.name,
+                phone: r.phone,
+                category: r.category,
+                role: r.role,
+                division: r.division,
+                address: r.address,
+                move_in_date: r.date,
+                ..Default::default()
+            })?;
+        }
+        std::io::Write::flush(&mut writer.finish()?)?;
+        let node = self.pid(DEST);
+        let node_before = super::sys::rss_kib(node).unwrap_or(0);
+        let start = Instant::now();
+        let path_arg = path.to_string_lossy().into_owned();
+        let mut child = self
+            .cluster
+            .node(DEST)
+            .cli_command(&["ledger", "import", &path_arg])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut peak = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            peak = peak.max(super::sys::hwm_kib(child.id()).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let elapsed = start.elapsed();
+        let output = child.wait_with_output()?;
+        ensure!(
+            status.success(),
+            "ledger import failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary = String::from_utf8_lossy(&output.stdout);
+        ensure!(summary.contains(&format!("{rows} rows: {rows} stored")), "ledger import: {summary}");
+        std::fs::remove_file(&path)?;
+        let node_after = super::sys::rss_kib(node).unwrap_or(0);
+        Ok(LedgerRun { rows, elapsed, cli_peak_kib: peak, node_kib: (node_before, node_after) })
+    }
+
     async fn new_log(&mut self) -> anyhow::Result<Vec<pb::LogEntry>> {
         let mut monitor = self.cluster.node(ORIGIN).monitor().await?;
         let mut entries = Vec::new();
@@ -348,5 +415,17 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<LdxResults> {
         restart.as_secs_f64()
     );
     out.catchup = Some(Catchup { queued: config.catchup, queue_rate, drain, restart, cpu });
+    if config.ledger_rows > 0 {
+        let run = bench.ledger(config.ledger_rows).await?;
+        eprintln!(
+            "   ldx ledger import: {} rows in {:.1} s; CLI peak RSS {} MiB; node RSS {} → {} MiB",
+            run.rows,
+            run.elapsed.as_secs_f64(),
+            run.cli_peak_kib / 1024,
+            run.node_kib.0 / 1024,
+            run.node_kib.1 / 1024
+        );
+        out.ledger = Some(run);
+    }
     Ok(out)
 }

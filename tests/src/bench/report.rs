@@ -248,6 +248,26 @@ impl Report {
                 if cu.queued >= CATCHUP_ENVELOPES { verdict(met) } else { format!("{} (projected)", verdict(met)) },
             ));
         }
+        if let Some(run) = self.ldx.as_ref().and_then(|l| l.ledger.as_ref()) {
+            let secs = run.elapsed.as_secs_f64();
+            let projected = secs * 100_000.0 / run.rows.max(1) as f64;
+            rows.push(row(
+                format!("7 ledger import: `ldx-node ledger import` of {} rows", thousands(run.rows as f64)),
+                format!("{secs:.1} s"),
+                format!(
+                    "{}/s; CLI peak RSS {} MiB; node RSS {} → {} MiB",
+                    thousands(run.rows as f64 / secs.max(1e-9)),
+                    run.cli_peak_kib / 1024,
+                    run.node_kib.0 / 1024,
+                    run.node_kib.1 / 1024
+                ),
+                "≤ 10 s for 100,000, memory bounded",
+                match run.rows >= 100_000 {
+                    true => verdict(secs <= 10.0),
+                    false => format!("{} (projected)", verdict(projected <= 10.0)),
+                },
+            ));
+        }
         if let Some(d) = &self.scale {
             rows.push(row(
                 format!("6a directory of all {} street offices: route (longest prefix)", thousands(d.entries as f64)),

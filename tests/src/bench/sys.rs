@@ -30,6 +30,11 @@ pub fn meminfo(key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Peak resident memory of a running process in KiB (`VmHWM` of `/proc/PID/status`).
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    status_field(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
 /// Resident memory of a process in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_field(&format!("/proc/{pid}/status"), "VmRSS:")

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use ldx_tests::bench::{self, BenchConfig};
 
 const USAGE: &str = "usage: ldx-bench [--only rocks,pg,ldx,scale,idle] [--reps N] [--bulk N] [--live N] \
-                     [--clients N] [--rate N] [--low-rate N] [--latency-secs N] [--catchup N] [--idle-nodes N] [--lookups N] \
+                     [--clients N] [--rate N] [--low-rate N] [--latency-secs N] [--catchup N] [--ledger N] [--idle-nodes N] [--lookups N] \
                      [--divisions DIR] [--pg-bin DIR]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<BenchConfig> {
@@ -31,6 +31,7 @@ fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<BenchConfig> {
             "--low-rate" => c.low_rate = number()?,
             "--latency-secs" => c.latency_secs = number()?,
             "--catchup" => c.catchup = number()?,
+            "--ledger" => c.ledger_rows = number()?,
             "--idle-nodes" => c.idle_nodes = usize::try_from(number()?)?,
             "--lookups" => c.lookups = number()?,
             "--divisions" => c.divisions = value.into(),
