@@ -165,6 +165,21 @@ impl Setup {
         self.status().await.inbound.into_iter().find(|c| c.peer == peer).unwrap_or_default()
     }
 
+    /// What a refused batch must leave as it was: the channel's state (applied seq, hash,
+    /// refused count), the message log, and the records the refused notices name (the
+    /// test persons 4 and 5).
+    async fn snapshot(&self) -> (pb::InboundChannel, usize, Option<pb::Person>, Option<pb::Person>) {
+        (self.inbound(SENDER).await, self.log().await.len(), self.person(4).await, self.person(5).await)
+    }
+
+    async fn assert_unchanged(
+        &self,
+        before: &(pb::InboundChannel, usize, Option<pb::Person>, Option<pb::Person>),
+        which: &str,
+    ) {
+        assert_eq!(&self.snapshot().await, before, "refusal {which} changed the receiver");
+    }
+
     /// The receiver's whole message log.
     async fn log(&self) -> Vec<pb::LogEntry> {
         let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
@@ -347,8 +362,11 @@ async fn every_bad_batch_is_refused_and_the_channel_recovers() {
     let (hello, acked) = exchange(&mut client, signed(good.clone(), &key)).await.unwrap();
     assert_eq!((hello.last_applied_seq, acked), (0, 3));
 
+    // After each refusal: nothing applied, logged, counted or stored.
+    let before = s.snapshot().await;
     // Replayed batch.
     expect_refused(exchange(&mut client, signed(good, &key)).await, tonic::Code::FailedPrecondition, "replayed batch");
+    s.assert_unchanged(&before, "1").await;
     // Tampered signature: signed by a key that is not the sender's.
     let next = s.chain(3, &head, 2);
     expect_refused(
@@ -356,27 +374,32 @@ async fn every_bad_batch_is_refused_and_the_channel_recovers() {
         tonic::Code::Unauthenticated,
         "head signature",
     );
+    s.assert_unchanged(&before, "2").await;
     // A signature over a different head than the batch ends at.
     let mut wrong_head = signed(next[..1].to_vec(), &key);
     if let Some(pb::sync_request::Kind::Batch(b)) = &mut wrong_head.kind {
         b.envelopes.push(next[1].clone());
     }
     expect_refused(exchange(&mut client, wrong_head).await, tonic::Code::Unauthenticated, "head signature");
+    s.assert_unchanged(&before, "3").await;
     // Broken chain: seq 4 links to something else.
     let broken = s.chain(3, &[7; 32], 2);
     expect_refused(exchange(&mut client, signed(broken, &key)).await, tonic::Code::InvalidArgument, "broken chain");
+    s.assert_unchanged(&before, "4").await;
     // A gap: seq 5 without seq 4.
     expect_refused(
         exchange(&mut client, signed(next[1..].to_vec(), &key)).await,
         tonic::Code::FailedPrecondition,
         "gap",
     );
+    s.assert_unchanged(&before, "5").await;
     // Malformed protobuf.
     expect_refused(
         exchange(&mut client, signed(vec![vec![0xff, 0xff, 0xff, 0x0f]], &key)).await,
         tonic::Code::InvalidArgument,
         "not a valid Envelope",
     );
+    s.assert_unchanged(&before, "6").await;
     // An envelope over the size limit.
     let mut huge = pb::Envelope::decode(next[0].as_slice()).unwrap();
     if let Some(pb::envelope::Body::MoveInNotice(n)) = &mut huge.body {
@@ -387,6 +410,7 @@ async fn every_bad_batch_is_refused_and_the_channel_recovers() {
         tonic::Code::InvalidArgument,
         "over the limit",
     );
+    s.assert_unchanged(&before, "7").await;
     // An envelope claiming another sender than the TLS identity.
     let mut forged = pb::Envelope::decode(next[0].as_slice()).unwrap();
     forged.from = UNLISTED.into();
@@ -395,6 +419,7 @@ async fn every_bad_batch_is_refused_and_the_channel_recovers() {
         tonic::Code::PermissionDenied,
         "is not the sender's TLS identity",
     );
+    s.assert_unchanged(&before, "8").await;
     assert_eq!(s.applied().await, 3, "nothing of the bad batches was applied");
 
     // Fixed: the channel goes on from where it was.

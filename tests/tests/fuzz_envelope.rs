@@ -396,6 +396,30 @@ struct Built {
     batch: pb::SyncBatch,
     /// Whether the bytes differ from what an honest sender would have sent.
     changed: bool,
+    /// Whether the head signature is the sender's over the head the batch ends at, as the
+    /// plan made it (not as the receiver's check finds it).
+    signed_by_sender: bool,
+}
+
+impl Built {
+    /// Whether a correct receiver at `applied_seq` / `last_hash` must apply this batch,
+    /// decided from the plan and the bytes alone: signed by the sender over its head,
+    /// every envelope within the size limit, decoding, from the sender to the receiver,
+    /// and continuing the chain.
+    fn must_apply(&self, applied_seq: u64, last_hash: &[u8]) -> bool {
+        if !self.signed_by_sender {
+            return false;
+        }
+        let mut decoded = Vec::new();
+        for bytes in &self.batch.envelopes {
+            let Ok(e) = pb::Envelope::decode(bytes.as_slice()) else { return false };
+            if bytes.len() > ldx_node::exchange::MAX_ENVELOPE_BYTES || e.from != SENDER || e.to != RECEIVER {
+                return false;
+            }
+            decoded.push((bytes.clone(), e));
+        }
+        continues(applied_seq, last_hash, &decoded)
+    }
 }
 
 /// Builds the batch an honest sender would send next (linked from the channel head and
@@ -462,7 +486,14 @@ fn build(plan: &Plan, applied_seq: u64, last_hash: &[u8], salt: &FederationSalt,
         Signer::Other => head.sign(&keys.other),
         Signer::Garbage => vec![0x5a; 64],
     };
-    Built { changed: sent != original, batch: pb::SyncBatch { envelopes: sent, head_signature } }
+    let signed_by_sender = match plan.signer {
+        Signer::Honest => true,
+        // The signature made before the mutation holds for the head only if the last
+        // envelope's bytes (its seq and hash) are what was signed.
+        Signer::Original => sent.last() == original.last(),
+        Signer::Other | Signer::Garbage => false,
+    };
+    Built { changed: sent != original, signed_by_sender, batch: pb::SyncBatch { envelopes: sent, head_signature } }
 }
 
 /// Whether `envelopes` continue the channel at `applied_seq` / `last_hash` without a gap,
@@ -487,7 +518,10 @@ fn mutated_batches_never_corrupt_the_channel() {
     let directory = directory(&r.keys);
     fuzz("verify and apply mutated batches", cases("APPLY"), plan(), |plan| {
         let before = r.registry.inbound(SENDER, RECEIVER).unwrap();
-        let Built { batch, changed } = build(&plan, before.applied_seq, &before.last_hash, &salt, &r.keys);
+        let log_before = r.registry.log_after(0, usize::MAX).unwrap().len();
+        let built = build(&plan, before.applied_seq, &before.last_hash, &salt, &r.keys);
+        let must_apply = built.must_apply(before.applied_seq, &before.last_hash);
+        let Built { batch, changed, .. } = built;
 
         let outcome = verify_batch(&directory, SENDER, RECEIVER, batch).map(|envelopes| {
             let result = r.registry.apply_batch(SENDER, RECEIVER, &envelopes);
@@ -495,13 +529,29 @@ fn mutated_batches_never_corrupt_the_channel() {
         });
         while r.woken.lock().unwrap().try_recv().is_ok() {}
         let after = r.registry.inbound(SENDER, RECEIVER).unwrap();
+        let log_after = r.registry.log_after(0, usize::MAX).unwrap().len();
+        prop_assert_eq!(
+            matches!(outcome, Ok((_, Ok(_)))),
+            must_apply,
+            "applied or refused against the plan ({:?} signer)",
+            plan.signer
+        );
+        if !must_apply {
+            prop_assert_eq!(log_after, log_before, "a refused batch left message-log entries");
+        }
         match outcome {
             Ok((envelopes, Ok(done))) => {
                 applied.fetch_add(1, Ordering::Relaxed);
                 prop_assert!(
+                    matches!(plan.signer, Signer::Honest | Signer::Original),
+                    "a batch signed with another node's key, or not at all, was applied"
+                );
+                prop_assert!(
                     !(changed && matches!(plan.signer, Signer::Original)),
                     "bytes the sender never signed were applied"
                 );
+                // One entry per envelope consumed, and one per answer it caused.
+                prop_assert!(log_after >= log_before + envelopes.len(), "an envelope consumed without a log entry");
                 // Accepted: exactly the consecutive continuation of the chain.
                 prop_assert!(continues(before.applied_seq, &before.last_hash, &envelopes), "a break was applied");
                 prop_assert_eq!(done.applied + done.refused, envelopes.len());
@@ -581,7 +631,6 @@ async fn mutated_batches_over_mutual_tls_never_corrupt_the_channel() -> anyhow::
         other: SignKey::load(&ldx_gateway::pki::node_dir(pki, RECEIVER).join(ldx_gateway::pki::SIGNING_KEY))?,
     };
     let salt = FederationSalt::load(&pki.join(ldx_gateway::pki::FEDERATION_SALT))?;
-    let directory = directory(&keys);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(pki.join(ldx_gateway::pki::CA_CERT))?))
         .identity(Identity::from_pem(
@@ -621,9 +670,10 @@ async fn mutated_batches_over_mutual_tls_never_corrupt_the_channel() -> anyhow::
                     (state.0, &state.1),
                     "the channel moved unseen"
                 );
-                let Built { batch, changed } = build(&plan, hello.last_applied_seq, &hello.last_hash, &salt, &keys);
-                let accept = verify_batch(&directory, SENDER, RECEIVER, batch.clone())
-                    .is_ok_and(|envelopes| continues(hello.last_applied_seq, &hello.last_hash, &envelopes));
+                let built = build(&plan, hello.last_applied_seq, &hello.last_hash, &salt, &keys);
+                // The verdict comes from the plan, not from the receiver's own check.
+                let accept = built.must_apply(hello.last_applied_seq, &hello.last_hash);
+                let Built { batch, changed, .. } = built;
                 let count = batch.envelopes.len() as u64;
                 let last = envelope_hash(batch.envelopes.last().unwrap()).to_vec();
                 tx.send(pb::SyncRequest { kind: Some(pb::sync_request::Kind::Batch(batch)) }).await.unwrap();
