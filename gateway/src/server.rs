@@ -114,7 +114,12 @@ pub async fn run_with_metrics(
         );
         let mut stop = stop_rx.clone();
         metrics_task = Some(tokio::spawn(async move {
-            let listener = GuardedListener::new(options.listener, "gateway http", stop.clone())?;
+            let listener = listen::GuardedListener::new(
+                options.listener,
+                "gateway http",
+                listen::Limits::default(),
+                stop.clone(),
+            )?;
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -175,47 +180,6 @@ impl directory_server::Directory for DirectoryService {
         let newer = self.current().filter(|d| d.version() > known);
         tracing::debug!(sent = newer.as_ref().map(|d| d.version()), "directory fetch");
         Ok(Response::new(FetchDirectoryResponse { directory: newer.map(|d| d.signed().clone()) }))
-    }
-}
-
-/// A listener for axum within the connection limits and deadlines of [`listen`].
-struct GuardedListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<listen::Guarded>>,
-    local: SocketAddr,
-}
-
-impl GuardedListener {
-    fn new(
-        listener: TcpListener,
-        name: &'static str,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        Ok(Self { incoming: listen::incoming(listener, name, listen::Limits::default(), stop), local })
-    }
-}
-
-impl axum::serve::Listener for GuardedListener {
-    type Io = listen::Guarded;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(io)) => match io.peer_addr() {
-                    Ok(addr) => return (io, addr),
-                    Err(_) => continue,
-                },
-                Some(Err(_)) => continue,
-                // Stopped: the server's graceful shutdown ends it.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

@@ -353,6 +353,48 @@ pub fn raise_open_files_limit(listeners: usize) -> u64 {
     now
 }
 
+/// A listener for axum within the connection limits and deadlines of [`incoming`].
+pub struct GuardedListener {
+    incoming: ReceiverStream<io::Result<Guarded>>,
+    local: SocketAddr,
+}
+
+impl GuardedListener {
+    pub fn new(
+        listener: TcpListener,
+        name: &'static str,
+        limits: Limits,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self { incoming: incoming(listener, name, limits, stop), local })
+    }
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(io)) => match io.peer_addr() {
+                    Ok(addr) => return (io, addr),
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => continue,
+                // Stopped: the server's graceful shutdown ends it.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Prometheus `/metrics` of a node: the replication figures of `ldx.v1.Monitor` (exact
 //! per-channel lag, refusals), the verification outcomes of service reports, and the
 //! counters and histograms recorded through the `metrics` crate ([`names`]), in the text
-//! exposition format, over a minimal HTTP/1.1 listener.
+//! exposition format, over HTTP/1.1 (axum) within the listener limits of [`crate::listen`].
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -10,7 +10,6 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use ldx_proto::v1 as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -83,9 +82,6 @@ pub async fn upkeep(mut stop: watch::Receiver<bool>) {
         }
     }
 }
-
-/// Largest request head read before answering.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
 /// The node's figures in Prometheus text format 0.0.4.
 pub fn render(status: &pb::StatusResponse) -> String {
@@ -218,57 +214,48 @@ pub fn render_reports(node: &str, counts: &[ReportCount]) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` turns true.
+/// Serves `GET /metrics` on `listener` until `stop` turns true: HTTP/1.1 through axum,
+/// within the connection limits and deadlines of [`crate::listen`].
 pub async fn serve(
     listener: TcpListener,
     monitor: MonitorService,
     registry: Arc<Registry>,
     stop: watch::Receiver<bool>,
 ) {
-    use tokio_stream::StreamExt;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
     // A scraper needs a connection or two; the rest is someone else.
     let limits = crate::listen::Limits { max_connections: 64, max_per_address: 16, ..Default::default() };
-    let mut incoming = crate::listen::incoming(listener, "metrics", limits, stop);
-    while let Some(Ok(mut stream)) = incoming.next().await {
-        let (monitor, registry) = (monitor.clone(), registry.clone());
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            let read_head = async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                true
-            };
-            // The whole request head within the start deadline, or the connection is closed.
-            if !matches!(tokio::time::timeout(crate::listen::START_TIMEOUT, read_head).await, Ok(true)) {
-                return;
+    let listener = match crate::listen::GuardedListener::new(listener, "metrics", limits, stop.clone()) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "the metrics listener failed; /metrics is not served");
+            return;
+        }
+    };
+    let scrape = move || async move {
+        let scrape = move || {
+            let status = monitor.status_report().ok()?;
+            let reports = registry.report_counts().ok()?;
+            let recorded = recorder().map(PrometheusHandle::render).unwrap_or_default();
+            Some(render(&status) + &render_reports(&status.division, &reports) + &recorded)
+        };
+        match tokio::task::spawn_blocking(scrape).await {
+            Ok(Some(text)) => {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
             }
-            let first_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-            let (code, content_type, body) = if first_line.starts_with(b"GET /metrics ") {
-                let scrape = move || {
-                    let status = monitor.status_report().ok()?;
-                    let reports = registry.report_counts().ok()?;
-                    let recorded = recorder().map(PrometheusHandle::render).unwrap_or_default();
-                    Some(render(&status) + &render_reports(&status.division, &reports) + &recorded)
-                };
-                match tokio::task::spawn_blocking(scrape).await {
-                    Ok(Some(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-                    _ => ("500 Internal Server Error", "text/plain", "status unavailable; see the node's log\n".into()),
-                }
-            } else {
-                ("404 Not Found", "text/plain", "only GET /metrics is served here\n".into())
-            };
-            let response = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "status unavailable; see the node's log\n").into_response(),
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || scrape.clone()()))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only GET /metrics is served here\n") });
+    let mut stop = stop;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::error!(error = %e, "serving /metrics failed");
     }
 }
 
