@@ -176,7 +176,7 @@ impl Registry {
         self.commit_txn(writer, txn)?;
         if created {
             let key = self.salt.person_key(m.id.as_str());
-            tracing::info!(person = ?key, role = role_name(person.role), "move-in registered");
+            tracing::debug!(person = ?key, role = role_name(person.role), "move-in registered");
         }
         Ok((person, created))
     }
@@ -296,7 +296,7 @@ impl Registry {
         txn.put_person(&key, record.clone());
         txn.audit("move_out", Some(&key));
         self.commit_txn(writer, txn)?;
-        tracing::info!(person = ?key, "move-out registered");
+        tracing::debug!(person = ?key, "move-out registered");
         Ok(self.view(&record, secret))
     }
 
@@ -339,7 +339,7 @@ impl Registry {
         let mut batch = self.store.batch();
         batch.put_person(&key, &record);
         self.commit_audit(writer, batch, "record_service", Some(&key))?;
-        tracing::info!(person = ?key, "service recorded");
+        tracing::debug!(person = ?key, "service recorded");
         Ok(self.view(&record, secret))
     }
 

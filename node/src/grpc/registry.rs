@@ -41,7 +41,7 @@ impl RegistryService {
 
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryService {
-    #[instrument(skip_all, name = "register_move_in")]
+    #[instrument(level = "debug", skip_all, name = "register_move_in")]
     async fn register_move_in(
         &self,
         request: Request<pb::RegisterMoveInRequest>,
@@ -51,7 +51,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::RegisterMoveInResponse { person: Some(person), created }))
     }
 
-    #[instrument(skip_all, name = "register_move_ins")]
+    #[instrument(level = "debug", skip_all, name = "register_move_ins")]
     async fn register_move_ins(
         &self,
         request: Request<pb::RegisterMoveInsRequest>,
@@ -75,7 +75,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::RegisterMoveInsResponse { results }))
     }
 
-    #[instrument(skip_all, name = "register_move_out")]
+    #[instrument(level = "debug", skip_all, name = "register_move_out")]
     async fn register_move_out(
         &self,
         request: Request<pb::RegisterMoveOutRequest>,
@@ -85,7 +85,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "record_service")]
+    #[instrument(level = "debug", skip_all, name = "record_service")]
     async fn record_service(
         &self,
         request: Request<pb::RecordServiceRequest>,
@@ -95,14 +95,14 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "get_person")]
+    #[instrument(level = "debug", skip_all, name = "get_person")]
     async fn get_person(&self, request: Request<pb::GetPersonRequest>) -> Result<Response<pb::PersonResponse>, Status> {
         let req = request.into_inner();
         let person = self.run(move |r| r.get(&req)).await?;
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "list_persons")]
+    #[instrument(level = "debug", skip_all, name = "list_persons")]
     async fn list_persons(
         &self,
         request: Request<pb::ListPersonsRequest>,
@@ -111,7 +111,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(self.run(move |r| r.list(&req)).await?))
     }
 
-    #[instrument(skip_all, name = "transfer_archive")]
+    #[instrument(level = "debug", skip_all, name = "transfer_archive")]
     async fn transfer_archive(
         &self,
         request: Request<pb::TransferArchiveRequest>,
@@ -121,7 +121,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "query_certificate")]
+    #[instrument(level = "debug", skip_all, name = "query_certificate")]
     async fn query_certificate(
         &self,
         request: Request<pb::QueryCertificateRequest>,
@@ -131,7 +131,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "record_photo")]
+    #[instrument(level = "debug", skip_all, name = "record_photo")]
     async fn record_photo(
         &self,
         request: Request<pb::RecordPhotoRequest>,
@@ -141,7 +141,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::PersonResponse { person: Some(person) }))
     }
 
-    #[instrument(skip_all, name = "issue_report")]
+    #[instrument(level = "debug", skip_all, name = "issue_report")]
     async fn issue_report(
         &self,
         request: Request<pb::IssueReportRequest>,
@@ -151,7 +151,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
     }
 
-    #[instrument(skip_all, name = "list_reports")]
+    #[instrument(level = "debug", skip_all, name = "list_reports")]
     async fn list_reports(
         &self,
         request: Request<pb::ListReportsRequest>,
@@ -160,7 +160,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(self.run(move |r| r.list_reports(&req)).await?))
     }
 
-    #[instrument(skip_all, name = "verify_report")]
+    #[instrument(level = "debug", skip_all, name = "verify_report")]
     async fn verify_report(
         &self,
         request: Request<pb::VerifyReportRequest>,
@@ -170,13 +170,13 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
     }
 
-    #[instrument(skip_all, name = "list_work")]
+    #[instrument(level = "debug", skip_all, name = "list_work")]
     async fn list_work(&self, request: Request<pb::ListWorkRequest>) -> Result<Response<pb::ListWorkResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.run(move |r| r.work_list(&req)).await?))
     }
 
-    #[instrument(skip_all, name = "list_outbox")]
+    #[instrument(level = "debug", skip_all, name = "list_outbox")]
     async fn list_outbox(
         &self,
         request: Request<pb::ListOutboxRequest>,
@@ -185,7 +185,7 @@ impl registry_server::Registry for RegistryService {
         Ok(Response::new(self.run(move |r| r.list_outbox(&req)).await?))
     }
 
-    #[instrument(skip_all, name = "set_aside_envelope")]
+    #[instrument(level = "debug", skip_all, name = "set_aside_envelope")]
     async fn set_aside_envelope(
         &self,
         request: Request<pb::SetAsideEnvelopeRequest>,
