@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod starter;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Division;
@@ -158,9 +160,24 @@ pub struct ReportsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address of the staff API. Keep it on loopback: it has no staff authentication yet.
+    /// Address of the staff API. A non-loopback address needs `tls_cert_file` and
+    /// `tls_key_file`; keep it on loopback until staff accounts exist.
     #[serde(default = "defaults::api_listen")]
     pub listen: String,
+    /// TLS certificate (PEM) the staff API serves; empty: plain HTTP/2 (loopback only).
+    #[serde(default)]
+    pub tls_cert_file: PathBuf,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: PathBuf,
+    /// The CA certificate (PEM) the CLI checks the staff API's certificate against;
+    /// empty: `peer.ca_file` (a certificate from `ldx-gateway pki`).
+    #[serde(default)]
+    pub tls_ca_file: PathBuf,
+    /// The name the CLI expects the certificate to carry; empty: the node's name in the
+    /// federation, `<division>.division.ldx` (what `ldx-gateway pki issue` puts in).
+    #[serde(default)]
+    pub tls_server_name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,7 +340,13 @@ impl Default for DeadlineConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: defaults::api_listen() }
+        Self {
+            listen: defaults::api_listen(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_server_name: String::new(),
+        }
     }
 }
 
@@ -382,8 +405,11 @@ impl Config {
             &mut config.peer.key_file,
             &mut config.peer.signing_key_file,
             &mut config.directory.federation_key_file,
+            &mut config.api.tls_cert_file,
+            &mut config.api.tls_key_file,
+            &mut config.api.tls_ca_file,
         ] {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }
@@ -397,7 +423,8 @@ impl Config {
             value: self.division.clone(),
             rule: e.rule,
         })?;
-        self.api_addr()?;
+        let api = self.api_addr()?;
+        self.check_api_tls(api)?;
         self.peer_addr()?;
         self.metrics_addr()?;
         let gateway = &self.directory.gateway;
@@ -448,6 +475,54 @@ impl Config {
         })
     }
 
+    /// A staff API beyond loopback carries personal data across a network: only over TLS.
+    fn check_api_tls(&self, api: SocketAddr) -> Result<(), ConfigError> {
+        let (cert, key) = (self.api.tls_cert_file.as_os_str().is_empty(), self.api.tls_key_file.as_os_str().is_empty());
+        match (cert, key) {
+            (true, true) if !api.ip().is_loopback() => Err(ConfigError::Invalid {
+                key: "api.tls_cert_file",
+                value: String::new(),
+                rule: format!(
+                    "must be set, with api.tls_key_file, when api.listen ({}) is not a loopback address: \
+                     the staff API carries personal data (or listen on 127.0.0.1)",
+                    self.api.listen
+                ),
+            }),
+            (false, true) => Err(ConfigError::Invalid {
+                key: "api.tls_key_file",
+                value: String::new(),
+                rule: "must be set when api.tls_cert_file is".into(),
+            }),
+            (true, false) => Err(ConfigError::Invalid {
+                key: "api.tls_cert_file",
+                value: String::new(),
+                rule: "must be set when api.tls_key_file is".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the staff API serves TLS.
+    pub fn api_tls(&self) -> bool {
+        !self.api.tls_cert_file.as_os_str().is_empty()
+    }
+
+    /// The name the staff API's certificate must carry for the CLI.
+    pub fn api_tls_server_name(&self) -> String {
+        match self.api.tls_server_name.as_str() {
+            "" => ldx_proto::identity::division_dns_name(&self.division),
+            name => name.to_owned(),
+        }
+    }
+
+    /// The CA the CLI checks the staff API's certificate against.
+    pub fn api_tls_ca_file(&self) -> (&'static str, &Path) {
+        match self.api.tls_ca_file.as_os_str().is_empty() {
+            true => ("peer.ca_file", &self.peer.ca_file),
+            false => ("api.tls_ca_file", &self.api.tls_ca_file),
+        }
+    }
+
     /// The peer API's address, or `None` when this node does not sync.
     pub fn peer_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.peer.listen.is_empty() {
@@ -485,90 +560,6 @@ impl Config {
     /// Where a running node writes the address its staff API is bound to.
     pub fn api_addr_file(&self) -> PathBuf {
         self.data_dir.join("run").join("api.addr")
-    }
-
-    /// A commented starter config for `ldx-node init`.
-    pub fn starter(division: &Division, api_listen: &str) -> String {
-        Self::starter_joined(division, api_listen, "", "")
-    }
-
-    /// The starter config of a node that joins a federation: its peer API on `peer_listen`
-    /// and its directory from `gateway` (both empty: a node on its own).
-    pub fn starter_joined(division: &Division, api_listen: &str, peer_listen: &str, gateway: &str) -> String {
-        format!(
-            r#"# ldx node configuration. Every key can be overridden by an environment variable:
-# LDX_<KEY>, with sections joined by a double underscore (LDX_API__LISTEN=127.0.0.1:7401).
-# Relative paths are relative to this file.
-
-# Division code this node serves ({name}): a 9-digit street office or township, or a
-# 6-digit county.
-division = "{division}"
-
-# Directory of the node's RocksDB.
-data_dir = "data"
-
-# Data key (64 hex digits) that seals personal data at rest. Back it up apart from the
-# data: without it the records cannot be read.
-data_key_file = "data.key"
-
-# Federation salt (64 hex digits) that turns an ID number into the person_key every
-# node agrees on. All nodes of a federation must use the same salt file.
-federation_salt_file = "federation.salt"
-
-[api]
-# Staff API (ldx.v1.Registry). Keep it on loopback: it has no staff authentication yet.
-listen = "{api_listen}"
-
-[storage]
-# Fsync every write before answering.
-sync_writes = true
-# Free space (MB) kept on the data directory's disk: below it, changes are refused
-# (nothing half-written) and health says NOT_SERVING, until space is freed.
-reserve_mb = 64
-
-[log]
-# A level (info, debug) or a tracing directive (ldx_node=debug,info).
-level = "info"
-
-[peer]
-# Peer API (ldx.v1.Exchange), mutual TLS only, e.g. "0.0.0.0:7302". Empty: this node
-# keeps its own records and does not sync.
-listen = "{peer_listen}"
-# Files from `ldx-gateway pki issue --division {division}` and the federation CA.
-ca_file = "pki/ca.crt"
-cert_file = "pki/node.crt"
-key_file = "pki/node.key"
-signing_key_file = "pki/signing.key"
-
-[directory]
-# The gateway that serves the signed directory, e.g. "https://10.0.0.1:7300". Empty: use
-# the copy cached in the data directory.
-gateway = "{gateway}"
-federation_key_file = "pki/federation.pub"
-poll_interval_ms = 5000
-
-[metrics]
-# Prometheus /metrics (channel lag, pending, refusals), e.g. "127.0.0.1:9301". Empty: off.
-listen = ""
-
-[deadlines]
-# Days allowed for answers.
-feedback_days = 30
-feedback_urgent_days = 15
-transfer_days = 30
-hiring_notice_days = 7
-certificate_answer_days = 7
-# A quarter's report is due at the origin this many days after the quarter; the origin's
-# verdict this many days after the report arrived.
-report_days = 10
-verdict_days = 15
-
-[reports]
-# Seconds between runs of the job that issues due quarterly reports (0: on demand only).
-issue_interval_secs = 600
-"#,
-            name = division.name(),
-        )
     }
 }
 
@@ -672,6 +663,10 @@ mod tests {
                 ("LDX_DATA_KEY_FILE", "/etc/ldx/data.key"),
                 ("LDX_FEDERATION_SALT_FILE", "/etc/ldx/salt"),
                 ("LDX_API__LISTEN", "127.0.0.1:9000"),
+                ("LDX_API__TLS_CERT_FILE", "/p/staff.crt"),
+                ("LDX_API__TLS_KEY_FILE", "/p/staff.key"),
+                ("LDX_API__TLS_CA_FILE", "/p/site-ca.crt"),
+                ("LDX_API__TLS_SERVER_NAME", "ldx.office.example"),
                 ("LDX_STORAGE__SYNC_WRITES", "false"),
                 ("LDX_STORAGE__RESERVE_MB", "16"),
                 ("LDX_LOG__LEVEL", "debug"),
@@ -707,6 +702,10 @@ mod tests {
         assert_eq!(config.data_key_file, PathBuf::from("/etc/ldx/data.key"));
         assert_eq!(config.federation_salt_file, PathBuf::from("/etc/ldx/salt"));
         assert_eq!(config.api.listen, "127.0.0.1:9000");
+        assert_eq!(config.api.tls_cert_file, PathBuf::from("/p/staff.crt"));
+        assert_eq!(config.api.tls_key_file, PathBuf::from("/p/staff.key"));
+        assert_eq!(config.api_tls_ca_file(), ("api.tls_ca_file", Path::new("/p/site-ca.crt")));
+        assert_eq!(config.api_tls_server_name(), "ldx.office.example");
         assert!(!config.storage.sync_writes);
         assert_eq!(config.storage.reserve_mb, 16);
         assert_eq!(config.log.level, "debug");
@@ -736,7 +735,7 @@ mod tests {
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 30, "a new config key needs an override case above");
+        assert_eq!(count, 34, "a new config key needs an override case above");
     }
 
     #[test]

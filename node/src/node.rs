@@ -312,11 +312,15 @@ pub async fn run_with_peer(
     let addr = api.local_addr().map_err(|source| NodeError::Io { what: "api listener".into(), source })?;
     let addr_file = config.api_addr_file();
     write_atomically(&addr_file, &format!("{addr}\n"))?;
-    tracing::info!(division = %division, name = division.name(), api = %addr, "node serving");
+    tracing::info!(division = %division, name = division.name(), api = %addr, tls = config.api_tls(), "node serving");
 
-    let served = Server::builder()
+    let mut staff = Server::builder()
         .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
+        .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT));
+    if config.api_tls() {
+        staff = staff.tls_config(crate::exchange::tls::staff_server(&config.api)?)?;
+    }
+    let served = staff
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

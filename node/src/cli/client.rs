@@ -176,22 +176,35 @@ pub(super) async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient
 }
 
 pub(super) async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
+    let load = || {
+        Config::load(&args.config, std::env::vars())
+            .with_context(|| format!("reading {} (or pass --endpoint)", args.config.display()))
+    };
     let (endpoint, config) = match &args.endpoint {
+        // An https endpoint is checked as the config's api.tls_* say.
+        Some(e) if e.starts_with("https://") => (e.clone(), Some(load()?)),
         Some(e) if e.contains("://") => (e.clone(), None),
         Some(e) => (format!("http://{e}"), None),
         None => {
-            let config = Config::load(&args.config, std::env::vars())
-                .with_context(|| format!("reading {} (or pass --endpoint)", args.config.display()))?;
+            let config = load()?;
             let addr = std::fs::read_to_string(config.api_addr_file())
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| config.api.listen.clone());
-            (format!("http://{addr}"), Some(config))
+            let scheme = if config.api_tls() { "https" } else { "http" };
+            (format!("{scheme}://{addr}"), Some(config))
         }
     };
-    let channel = Channel::from_shared(endpoint.clone())
-        .with_context(|| format!("{endpoint} is not a valid address"))?
+    let mut channel =
+        Channel::from_shared(endpoint.clone()).with_context(|| format!("{endpoint} is not a valid address"))?;
+    if endpoint.starts_with("https://") {
+        let config = config.as_ref().expect("loaded for https");
+        let (key, ca) = config.api_tls_ca_file();
+        let tls = crate::exchange::tls::staff_client(key, ca, &config.api_tls_server_name())?;
+        channel = channel.tls_config(tls).context("the staff API's TLS settings")?;
+    }
+    let channel = channel
         .connect()
         .await
-        .with_context(|| format!("cannot reach the node at {endpoint}; is it running?"))?;
+        .map_err(|e| anyhow!("cannot reach the node at {endpoint}: {}; is it running?", crate::error_chain(&e)))?;
     Ok((channel, config))
 }

@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig, Uri};
 
 use crate::config::PeerConfig;
 
@@ -63,6 +63,26 @@ fn certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Certif
         return Err(invalid(key, path, "holds no PEM certificate"));
     }
     Ok(certs)
+}
+
+/// The staff API's TLS, when `api.tls_cert_file` is set: server-only (staff are not
+/// identified by certificates).
+pub fn staff_server(config: &crate::config::ApiConfig) -> Result<ServerTlsConfig, TlsFileError> {
+    let cert_pem = read("api.tls_cert_file", &config.tls_cert_file)?;
+    certificates("api.tls_cert_file", &config.tls_cert_file, &cert_pem)?;
+    ldx_proto::identity::check_secret_mode(&config.tls_key_file)
+        .map_err(|e| invalid("api.tls_key_file", &config.tls_key_file, e.to_string()))?;
+    let key_pem = read("api.tls_key_file", &config.tls_key_file)?;
+    PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| invalid("api.tls_key_file", &config.tls_key_file, format!("not a PEM private key: {e}")))?;
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)).timeout(crate::listen::START_TIMEOUT))
+}
+
+/// How the CLI checks the staff API: the CA of `key` at `path` and the expected name.
+pub fn staff_client(key: &'static str, path: &Path, server_name: &str) -> Result<ClientTlsConfig, TlsFileError> {
+    let ca_pem = read(key, path)?;
+    certificates(key, path, &ca_pem)?;
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(server_name))
 }
 
 impl PeerTls {
