@@ -175,8 +175,7 @@ impl Registry {
         let (person, created) = self.prepare_move_in(&writer, &mut txn, &m)?;
         self.commit_txn(writer, txn)?;
         if created {
-            let key = self.salt.person_key(m.id.as_str());
-            tracing::debug!(person = ?key, role = role_name(person.role), "move-in registered");
+            tracing::debug!(person = ?self.salt.person_key(m.id.as_str()), role = role_name(person.role), "move-in registered");
         }
         Ok((person, created))
     }
@@ -481,25 +480,59 @@ pub fn audit_hash(entry: &AuditEntry) -> Vec<u8> {
     Sha256::digest(crate::storage::codec::encode(entry)).to_vec()
 }
 
-/// Checks the whole audit chain: consecutive sequence numbers, each entry linking to the
-/// hash of its predecessor, and the head matching the last entry. Returns the entry count.
+/// Checks the whole audit chain: entries 1, 2, 3 … with none missing, each linking to the
+/// hash of its predecessor, and the head naming the last entry and its hash. Returns the
+/// entry count, or where the chain first breaks. The chain is a plain hash chain: an
+/// edited entry shows as the next one not linking to it (or, for the last, as the head
+/// not matching), so the fault names both.
 pub fn verify_audit_chain(store: &Store) -> Result<u64, String> {
     let mut prev = Vec::new();
     let mut count = 0;
-    for entry in store.audit_entries() {
-        let entry = entry.map_err(|e| e.to_string())?;
-        if entry.seq != count + 1 {
-            return Err(format!("audit entry {} follows {count}", entry.seq));
+    for item in store.audit_entries() {
+        let (index, entry) = item.map_err(|e| format!("the audit log cannot be read after entry {count}: {e}"))?;
+        let expected = count + 1;
+        if index != expected {
+            return Err(match index > expected {
+                true if index == expected + 1 => {
+                    format!("audit entry {expected} is missing (entry {index} follows {count})")
+                }
+                true => {
+                    format!("audit entries {expected} to {} are missing (entry {index} follows {count})", index - 1)
+                }
+                false => format!("audit entry {index} is out of order (after {count})"),
+            });
+        }
+        let entry = entry.map_err(|e| format!("audit entry {index} was changed: it does not decode ({e})"))?;
+        if entry.seq != index {
+            return Err(format!("audit entry {index} was changed: it says it is entry {}", entry.seq));
         }
         if entry.prev_hash != prev {
-            return Err(format!("audit entry {} does not link to its predecessor", entry.seq));
+            return Err(format!(
+                "audit entry {} or {index} was changed: entry {index} does not link to the hash of entry {}",
+                index - 1,
+                index - 1
+            ));
         }
         prev = audit_hash(&entry);
-        count = entry.seq;
+        count = index;
     }
-    let head = store.audit_head().map_err(|e| e.to_string())?;
-    if head.seq != count || head.hash != prev {
-        return Err(format!("audit head {} does not match the last entry {count}", head.seq));
+    let head = store.audit_head().map_err(|e| format!("the audit head cannot be read: {e}"))?;
+    if head.seq == count + 1 {
+        return Err(format!(
+            "audit entry {} is missing: the log ends at {count}, the head names {}",
+            head.seq, head.seq
+        ));
+    }
+    if head.seq > count {
+        return Err(format!("audit entries {} to {} are missing: the log ends at {count}", count + 1, head.seq));
+    }
+    if head.seq != count {
+        return Err(format!("the audit head names entry {}, but the log holds {count} entries", head.seq));
+    }
+    if head.hash != prev {
+        return Err(format!(
+            "audit entry {count} (the last) or the head was changed: the head's hash does not match it"
+        ));
     }
     Ok(count)
 }

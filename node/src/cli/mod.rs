@@ -99,6 +99,11 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The audit log of personal-data access.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// The message log: every envelope sent, applied or refused, one tab-separated line each
     /// (index, direction, peer, to, seq, kind, person key, reason).
     Log {
@@ -110,6 +115,17 @@ pub enum Command {
         /// Print every entry from --after on (default: one page of 1000).
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walks the whole hash chain of the audit log in the data directory (read only, also
+    /// while the node runs) and names the first entry where it breaks; exit 1 if it does.
+    Verify {
+        /// Config file of the node whose data directory is checked.
+        #[arg(long, env = "LDX_CONFIG", default_value = "ldx-node.toml")]
+        config: PathBuf,
     },
 }
 
@@ -363,7 +379,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Outbox { client, command } => outbox::run(&client, command).await,
         Command::Log { client, after, all } => client::log(&client, after, all).await,
         Command::Health { client } => client::health(&client).await,
+        Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(&config),
     }
+}
+
+fn audit_verify(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, std::env::vars())?;
+    let store = crate::storage::Store::open_read_only(&config.data_dir, &config.division)
+        .map_err(|e| anyhow::anyhow!("cannot open the data directory {}: {e}", config.data_dir.display()))?;
+    let entries =
+        crate::registry::verify_audit_chain(&store).map_err(|fault| anyhow::anyhow!("audit chain broken: {fault}"))?;
+    let head = store.audit_head()?;
+    println!("audit chain intact: {entries} entries, head {}", hex::encode(&head.hash));
+    Ok(())
 }
 
 async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {

@@ -405,6 +405,6 @@ fn a_set_aside_envelope_lets_the_ones_behind_it_through_and_the_peer_logs_why() 
     // The chain goes on past it.
     dest.registry.move_in(&move_in(4, DEST, pb::Role::Residence)).unwrap();
     assert_eq!(deliver(&dest, &origin).applied_seq, 4);
-    let actions: Vec<_> = dest.store.audit_entries().map(|e| e.unwrap().action).collect();
+    let actions: Vec<_> = dest.store.audit_entries().map(|e| e.unwrap().1.unwrap().action).collect();
     assert!(actions.contains(&"outbox_set_aside".to_owned()), "{actions:?}");
 }

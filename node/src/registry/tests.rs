@@ -205,7 +205,7 @@ fn every_access_is_audited_in_an_unbroken_chain() {
     f.registry.get(&pb::GetPersonRequest { id_number: move_in(1).id_number }).unwrap();
     f.registry.list(&pb::ListPersonsRequest::default()).unwrap();
     assert_eq!(verify_audit_chain(&f.store).unwrap(), 4);
-    let actions: Vec<_> = f.store.audit_entries().map(|e| e.unwrap().action).collect();
+    let actions: Vec<_> = f.store.audit_entries().map(|e| e.unwrap().1.unwrap().action).collect();
     assert_eq!(actions, ["move_in", "move_in_repeat", "read", "list"]);
 }
 

@@ -123,6 +123,31 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store of `division` for reading only, also while its node runs (a read
+    /// takes no lock): what `ldx-node audit verify` checks.
+    pub fn open_read_only(path: &Path, division: &str) -> Result<Self, StorageError> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, path, cf::ALL, false)?;
+        let store = Self {
+            db,
+            write_opts: WriteOptions::default(),
+            batch_opts: WriteOptions::default(),
+            sync: false,
+            group: durable::GroupSync::default(),
+            disk: DiskState::default(),
+        };
+        match store.meta(MetaKey::NodeDivision)? {
+            Some(d) if d == division.as_bytes() => Ok(store),
+            Some(d) => Err(StorageError::WrongDivision {
+                found: String::from_utf8_lossy(&d).into_owned(),
+                configured: division.to_owned(),
+            }),
+            None => {
+                Err(StorageError::Corrupt { what: "meta", detail: "no division: not a node's data directory".into() })
+            }
+        }
+    }
+
     fn check_identity(&self, division: &str) -> Result<(), StorageError> {
         let meta = self.cf(cf::META);
         let version = self.db.get_cf(meta, MetaKey::SchemaVersion.encode())?;
@@ -195,9 +220,18 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// All audit entries in order, for verification of the chain.
-    pub fn audit_entries(&self) -> impl Iterator<Item = Result<records::AuditEntry, StorageError>> + '_ {
-        self.db.iterator_cf(self.cf(cf::AUDIT), IteratorMode::Start).map(|item| codec::decode("audit entry", &item?.1))
+    /// All audit entries in order, for verification of the chain: each entry's key index
+    /// and its decoded value (an error for a value that does not decode).
+    pub fn audit_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, Result<records::AuditEntry, StorageError>), StorageError>> + '_ {
+        self.db.iterator_cf(self.cf(cf::AUDIT), IteratorMode::Start).map(|item| {
+            let (k, v) = item?;
+            let index = keys::AuditKey::decode(&k)
+                .map_err(|e| StorageError::Corrupt { what: "audit key", detail: e.to_string() })?
+                .0;
+            Ok((index, codec::decode("audit entry", &v)))
+        })
     }
 
     /// A single-valued `meta` entry, as stored.
