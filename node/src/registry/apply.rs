@@ -95,9 +95,12 @@ impl Registry {
         Ok(state)
     }
 
-    /// Every channel this node receives on.
+    /// Every channel this node receives on, durable when returned: the node signs these
+    /// as its watermarks. Called off the async runtime (it may wait for a WAL sync).
     pub fn inbound_all(&self) -> Result<Vec<(String, String, InChannel)>, StorageError> {
-        self.store.in_channels()
+        let channels = self.store.in_channels()?;
+        self.store.barrier()?;
+        Ok(channels)
     }
 
     /// Applies a batch of consecutive envelopes of channel `from -> to`, given as the bytes
