@@ -4,7 +4,7 @@
 
 use chrono::NaiveDate;
 use ldx_gateway::synthetic;
-use ldx_node::rocksdb::{DB, Options};
+use ldx_node::rocksdb::{ColumnFamily, DB, Options};
 use ldx_node::storage::keys::AuditKey;
 use ldx_node::storage::records::AuditEntry;
 use ldx_node::storage::{cf, codec};
@@ -20,9 +20,11 @@ fn verify(node: &TestNode) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Opens the stopped node's RocksDB as an intruder with file access would.
-fn open_raw(node: &TestNode) -> DB {
-    DB::open_cf(&Options::default(), node.data_dir(), cf::ALL).unwrap()
+/// Runs `change` on the audit column family of the stopped node's RocksDB, opened as an
+/// intruder with file access would, and closes it again.
+fn tamper<T>(node: &TestNode, change: impl FnOnce(&DB, &ColumnFamily) -> T) -> T {
+    let db = DB::open_cf(&Options::default(), node.data_dir(), cf::ALL).unwrap();
+    change(&db, db.cf_handle(cf::AUDIT).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,38 +47,34 @@ async fn audit_verify_finds_an_edited_and_a_deleted_entry() {
     assert!(ok && text.contains("audit chain intact: 20 entries"), "{text}");
 
     // One value edited: the read of entry 5 made to look like another action.
-    let db = open_raw(&node);
-    let audit = db.cf_handle(cf::AUDIT).unwrap();
-    let original = db.get_cf(audit, AuditKey(5).encode()).unwrap().unwrap();
-    let mut entry: AuditEntry = codec::decode("audit entry", &original).unwrap();
-    entry.action = "list".into();
-    db.put_cf(audit, AuditKey(5).encode(), codec::encode(&entry)).unwrap();
-    drop(db);
+    let original = tamper(&node, |db, audit| {
+        let original = db.get_cf(audit, AuditKey(5).encode()).unwrap().unwrap();
+        let mut entry: AuditEntry = codec::decode("audit entry", &original).unwrap();
+        entry.action = "list".into();
+        db.put_cf(audit, AuditKey(5).encode(), codec::encode(&entry)).unwrap();
+        original
+    });
     let (ok, text) = verify(&node);
     assert!(!ok, "an edited entry verified: {text}");
     assert!(text.contains("audit entry 5 or 6 was changed: entry 6 does not link to the hash of entry 5"), "{text}");
 
     // Put back, it verifies again; then one entry deleted.
-    let db = open_raw(&node);
-    let audit = db.cf_handle(cf::AUDIT).unwrap();
-    db.put_cf(audit, AuditKey(5).encode(), &original).unwrap();
-    drop(db);
+    tamper(&node, |db, audit| db.put_cf(audit, AuditKey(5).encode(), &original).unwrap());
     assert!(verify(&node).0, "the restored chain does not verify");
-    let db = open_raw(&node);
-    let audit = db.cf_handle(cf::AUDIT).unwrap();
-    let seventh = db.get_cf(audit, AuditKey(7).encode()).unwrap().unwrap();
-    db.delete_cf(audit, AuditKey(7).encode()).unwrap();
-    drop(db);
+    let seventh = tamper(&node, |db, audit| {
+        let seventh = db.get_cf(audit, AuditKey(7).encode()).unwrap().unwrap();
+        db.delete_cf(audit, AuditKey(7).encode()).unwrap();
+        seventh
+    });
     let (ok, text) = verify(&node);
     assert!(!ok, "a chain with a deleted entry verified: {text}");
     assert!(text.contains("audit entry 7 is missing (entry 8 follows 6)"), "{text}");
 
     // Entry 7 back, the last entry deleted (a truncated log): the head still names it.
-    let db = open_raw(&node);
-    let audit = db.cf_handle(cf::AUDIT).unwrap();
-    db.put_cf(audit, AuditKey(7).encode(), &seventh).unwrap();
-    db.delete_cf(audit, AuditKey(20).encode()).unwrap();
-    drop(db);
+    tamper(&node, |db, audit| {
+        db.put_cf(audit, AuditKey(7).encode(), &seventh).unwrap();
+        db.delete_cf(audit, AuditKey(20).encode()).unwrap();
+    });
     let (ok, text) = verify(&node);
     assert!(!ok, "a truncated chain verified: {text}");
     assert!(text.contains("audit entry 20 is missing: the log ends at 19, the head names 20"), "{text}");

@@ -114,13 +114,22 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(sync);
-        let batch_opts = WriteOptions::default();
-        let store =
-            Self { db, write_opts, batch_opts, sync, group: durable::GroupSync::default(), disk: DiskState::default() };
+        let store = Self::over(db, sync);
         store.check_identity(division)?;
         Ok(store)
+    }
+
+    fn over(db: DB, sync: bool) -> Self {
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(sync);
+        Self {
+            db,
+            write_opts,
+            batch_opts: WriteOptions::default(),
+            sync,
+            group: durable::GroupSync::default(),
+            disk: DiskState::default(),
+        }
     }
 
     /// Opens the store of `division` for reading only, also while its node runs (a read
@@ -128,14 +137,7 @@ impl Store {
     pub fn open_read_only(path: &Path, division: &str) -> Result<Self, StorageError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, path, cf::ALL, false)?;
-        let store = Self {
-            db,
-            write_opts: WriteOptions::default(),
-            batch_opts: WriteOptions::default(),
-            sync: false,
-            group: durable::GroupSync::default(),
-            disk: DiskState::default(),
-        };
+        let store = Self::over(db, false);
         match store.meta(MetaKey::NodeDivision)? {
             Some(d) if d == division.as_bytes() => Ok(store),
             Some(d) => Err(StorageError::WrongDivision {
