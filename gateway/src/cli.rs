@@ -288,6 +288,13 @@ fn print_ready(ready: &demo::DemoReady) {
         if !node_cli.exists() {
             println!("  cargo build -p ldx-node    # once; it writes {}", node_cli.display());
         }
+        println!(
+            "  {} login {} --password-file {} --config {}",
+            node_cli.display(),
+            crate::demo::DEMO_STAFF,
+            first.staff_password_file().display(),
+            first.config.display()
+        );
         println!("  {} status --config {}", node_cli.display(), first.config.display());
         println!("  {} person list --config {}", node_cli.display(), first.config.display());
         println!("  grpcurl -plaintext {} list", first.api);

@@ -14,6 +14,7 @@ use ldx_node::clock::{Clock, SystemClock};
 use ldx_node::config::Config;
 use ldx_node::crypto::write_new_key_file;
 use ldx_node::domain::Division;
+use ldx_node::staff::client::StaffChannel;
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::monitor_client::MonitorClient;
 use ldx_proto::v1::registry_client::RegistryClient;
@@ -275,6 +276,12 @@ async fn start_node(
         write_new_key_file(&dir.join("data.key"), &format!("ldx data key of demo node {code}"))?;
         std::fs::write(&config_path, Config::starter(&division, "127.0.0.1:0"))?;
     }
+    if !config_path.with_file_name("demo-staff.password").exists() {
+        let mut first = Config::load(&config_path, std::iter::empty())?;
+        first.federation_salt_file = pki_dir.join(pki::FEDERATION_SALT);
+        let path = config_path.clone();
+        tokio::task::spawn_blocking(move || add_demo_staff_with(&path, &first)).await??;
+    }
     let mut config = Config::load(&config_path, std::iter::empty())?;
     config.federation_salt_file = pki_dir.join(pki::FEDERATION_SALT);
     config.storage.sync_writes = false;
@@ -421,8 +428,8 @@ async fn stream(
 /// seventh the origin's photo on file differs, so her report waits for an operator
 /// there), a health check today, and her report issued for the current quarter.
 async fn report_one(
-    residence: &mut RegistryClient<Channel>,
-    origins: &mut [(String, RegistryClient<Channel>)],
+    residence: &mut RegistryClient<StaffChannel>,
+    origins: &mut [(String, RegistryClient<StaffChannel>)],
     n: u32,
 ) {
     if synthetic::category(n) == pb::Category::Organisation {
@@ -459,8 +466,46 @@ async fn report_one(
     }
 }
 
-async fn connect(node: &DemoNode) -> anyhow::Result<Channel> {
+/// A connection to `node`'s staff API, logged in as the demo's staff account.
+pub async fn connect(node: &DemoNode) -> anyhow::Result<StaffChannel> {
     // The node task may still be opening its store: the socket is already bound, so the
     // connection waits in its backlog until the server starts accepting.
-    Ok(Channel::from_shared(format!("http://{}", node.api))?.connect().await?)
+    let channel = Channel::from_shared(format!("http://{}", node.api))?.connect().await?;
+    let password = std::fs::read_to_string(node.staff_password_file())?;
+    let token = ldx_node::staff::client::login(channel.clone(), DEMO_STAFF, password.trim())
+        .await
+        .with_context(|| format!("log-in of {DEMO_STAFF} at node {}", node.division))?;
+    Ok(ldx_node::staff::client::with_token(channel, ldx_node::staff::client::Bearer::new(&token)?))
+}
+
+/// The demo's staff account at every node: every role, for trying each command.
+pub const DEMO_STAFF: &str = "demo";
+
+impl DemoNode {
+    /// The password of [`DEMO_STAFF`] at this node (mode 0600, beside its config).
+    pub fn staff_password_file(&self) -> PathBuf {
+        self.config.with_file_name("demo-staff.password")
+    }
+}
+
+/// Makes the demo's staff account on a new node's data directory, with a fresh password
+/// kept beside the config.
+fn add_demo_staff_with(config_path: &Path, config: &Config) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let password = ldx_node::registry::new_password();
+    let new = ldx_node::registry::NewStaff {
+        name: DEMO_STAFF.into(),
+        roles: ["registrar", "verifier", "auditor", "admin"].map(String::from).to_vec(),
+        password: password.clone(),
+        ..Default::default()
+    };
+    ldx_node::cli::add_staff_offline_with(config, &new)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(config_path.with_file_name("demo-staff.password"))?;
+    writeln!(file, "{password}")?;
+    Ok(())
 }

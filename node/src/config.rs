@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Division;
 
 /// Environment variables with the `LDX_` prefix that are not config keys.
-pub const RESERVED_ENV: [&str; 2] = ["LDX_CONFIG", "LDX_ENDPOINT"];
+pub const RESERVED_ENV: [&str; 3] = ["LDX_CONFIG", "LDX_ENDPOINT", "LDX_TOKEN_FILE"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -73,7 +73,12 @@ pub struct DataKey {
     fingerprint: String,
     /// `HMAC-SHA256(key, DATA_KEY_CHECK_LABEL)`: what the store keeps to recognise its key.
     check: [u8; 32],
+    /// `HMAC-SHA256(key, SESSION_TOKEN_LABEL)`: the key of staff session tokens.
+    session_tokens: Zeroizing<[u8; 32]>,
 }
+
+/// What the key of staff session tokens is derived over.
+const SESSION_TOKEN_LABEL: &[u8] = b"ldx staff session tokens v1";
 
 /// What the data key's check value is computed over. The check is keyed, so the store
 /// holding it tells nothing about the key.
@@ -90,10 +95,23 @@ impl DataKey {
     }
 
     pub fn from_bytes(key: &[u8; KEY_LEN]) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(DATA_KEY_CHECK_LABEL);
-        let check = mac.finalize().into_bytes().into();
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), fingerprint: fingerprint(key), check }
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        };
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            fingerprint: fingerprint(key),
+            check: derive(DATA_KEY_CHECK_LABEL),
+            session_tokens: Zeroizing::new(derive(SESSION_TOKEN_LABEL)),
+        }
+    }
+
+    /// The key this node's staff session tokens are tagged with (see
+    /// [`crate::staff::token`]): derived, so a token tells nothing about the data key.
+    pub fn session_token_key(&self) -> [u8; 32] {
+        *self.session_tokens
     }
 
     /// The keyed check value a store records of the key it was first written with.

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod registry;
+pub mod staff;
 pub mod storage;
 
 /// The storage engine, for the gateway's own history store (same build, same features).

@@ -321,12 +321,14 @@ pub async fn run_with_peer(
         staff = staff.tls_config(crate::exchange::tls::staff_server(&config.api)?)?;
     }
     let served = staff
+        .layer(crate::grpc::auth::StaffAuthLayer::new(registry.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RegistryService::new(registry.clone()).into_server())
         .add_service(monitor.into_server())
         .add_service(AssessmentService::new(registry.clone()).into_server())
+        .add_service(crate::grpc::staff::StaffService::new(registry.clone()).into_server())
         .serve_with_incoming_shutdown(
             listen::incoming(api, "staff", listen::Limits::default(), stop_rx.clone()),
             stopped(stop_rx.clone()),

@@ -21,6 +21,7 @@ mod assessment;
 mod flows;
 mod outbox;
 mod reports;
+mod staff;
 mod sync;
 mod work;
 
@@ -28,8 +29,11 @@ pub use apply::{ApplyError, ApplyOutcome};
 pub use assessment::indicator;
 pub use outbox::{OUTBOX_PAGE_SIZE_DEFAULT, OUTBOX_PAGE_SIZE_MAX, SET_ASIDE_REASON_MAX};
 pub use reports::{KeyLookup, REPORT_PAGE_SIZE_DEFAULT, REPORT_PAGE_SIZE_MAX, ReportCount, ReportHooks};
-use sync::Txn;
+pub use staff::{
+    AUDIT_PAGE_MAX, AuditFilter, NewStaff, Session, StaffChange, StaffError, account_view, new_password, since_ms,
+};
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
+use sync::{AuditNote, Txn};
 
 /// Most move-ins one `RegisterMoveIns` request carries.
 pub const MOVE_INS_MAX: usize = 1000;
@@ -61,6 +65,8 @@ pub enum RegistryError {
     Sealed(#[from] OpenError),
     #[error("this node does not sync with other nodes (config key peer.listen is empty)")]
     NotSyncing,
+    #[error("she is not registered in township {township}, the only one this account may see")]
+    OutsideTownship { township: String },
 }
 
 /// Holds the commit order: changes are prepared and written to the store one at a time
@@ -343,11 +349,27 @@ impl Registry {
     }
 
     pub fn get(&self, req: &pb::GetPersonRequest) -> Result<pb::Person, RegistryError> {
+        self.get_within(req, None)
+    }
+
+    /// [`Registry::get`] for a caller limited to `township`: a person registered outside it
+    /// is refused (and the refusal audited) before anything of her record is opened. A
+    /// lookup that finds nobody is audited too, so a probe for who is registered here
+    /// leaves a trace.
+    pub fn get_within(&self, req: &pb::GetPersonRequest, township: Option<&str>) -> Result<pb::Person, RegistryError> {
         let id = crate::domain::ResidentId::parse("id_number", &req.id_number)?;
         let key = self.salt.person_key(id.as_str());
         // Read without the writer lock: the answer waits for its audit entry to be durable,
         // and with it everything written before, so nothing it shows can be taken back.
-        let record = self.store.person(&key)?.ok_or(RegistryError::NotFound)?;
+        let Some(record) = self.store.person(&key)? else {
+            self.commit_audit(self.lock(), self.store.batch(), "read_not_found", Some(&key))?;
+            return Err(RegistryError::NotFound);
+        };
+        if let Some(township) = township.filter(|t| !record.division.starts_with(t)) {
+            let rule = format!("she is not registered in township {township}, the only one this account may see");
+            self.audit_refusal(crate::staff::actor::current().unwrap_or_default(), Some(&key), &rule)?;
+            return Err(RegistryError::OutsideTownship { township: township.to_owned() });
+        }
         let secret = self.open(&key, &record)?;
         self.commit_audit(self.lock(), self.store.batch(), "read", Some(&key))?;
         Ok(self.view(&record, secret))
@@ -365,6 +387,7 @@ impl Registry {
         let role = filter("role", req.role, pb::Role::try_from(req.role).is_ok())?;
         let category = filter("category", req.category, pb::Category::try_from(req.category).is_ok())?;
         let status = filter("status", req.status, pb::PersonStatus::try_from(req.status).is_ok())?;
+        let township = self.township_filter(&req.township)?;
 
         let mut persons = Vec::new();
         let mut last = None;
@@ -374,7 +397,8 @@ impl Registry {
             let (key, record) = item?;
             let matches = role.is_none_or(|r| r == record.role)
                 && category.is_none_or(|c| c == record.category)
-                && status.is_none_or(|s| s == record.status);
+                && status.is_none_or(|s| s == record.status)
+                && township.as_ref().is_none_or(|t| record.division.starts_with(t.as_str()));
             if !matches {
                 continue;
             }
@@ -391,13 +415,32 @@ impl Registry {
                 }
             }
         }
-        let writer = self.lock();
-        self.commit_audit(writer, self.store.batch(), "list", None)?;
+        let mut txn = Txn::new(self.store.batch());
+        txn.within_reserve();
+        let disclosed = persons.iter().filter_map(|p| PersonKey::from_hex(&p.person_key)).collect();
+        txn.audit_note(AuditNote { disclosed, ..AuditNote::new("list", None) });
+        self.commit_txn(self.lock(), txn)?;
         let next_page_token = match (more, last) {
             (true, Some(k)) => k.to_hex(),
             _ => String::new(),
         };
         Ok(pb::ListPersonsResponse { persons, next_page_token, unreadable })
+    }
+
+    /// A list's township filter: empty for none, else a 9-digit township of this node.
+    fn township_filter(&self, raw: &str) -> Result<Option<String>, InvalidField> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let township = Division::parse("township", raw)?;
+        if township.as_str().len() != 9 || !self.division.contains(&township) {
+            return Err(InvalidField::new(
+                "township",
+                raw,
+                format!("must be a 9-digit township within this node's division {}", self.division),
+            ));
+        }
+        Ok(Some(township.as_str().to_owned()))
     }
 
     fn seal(&self, key: &PersonKey, secret: &PersonSecret) -> Vec<u8> {

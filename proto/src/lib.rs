@@ -22,4 +22,5 @@ pub mod service_names {
     pub const MONITOR: &str = "ldx.v1.Monitor";
     pub const ASSESSMENT: &str = "ldx.v1.Assessment";
     pub const DIRECTORY: &str = "ldx.v1.Directory";
+    pub const STAFF: &str = "ldx.v1.Staff";
 }

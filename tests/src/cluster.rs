@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use ldx_gateway::{directory, pki};
+use ldx_node::staff::client::StaffChannel;
 use ldx_proto::v1::{
     self as pb, ListLogRequest, LogEntry, StatusRequest, StatusResponse, monitor_client::MonitorClient,
     registry_client::RegistryClient,
@@ -199,6 +200,7 @@ impl ClusterBuilder {
                 starts: 0,
                 endpoint,
                 monitor: None,
+                token: None,
             };
             nodes.insert(cluster_node.division.clone(), cluster_node);
         }
@@ -416,7 +418,10 @@ pub struct ClusterNode {
     child: Option<Child>,
     starts: u32,
     endpoint: watch::Sender<Option<String>>,
-    monitor: Option<Channel>,
+    monitor: Option<StaffChannel>,
+    /// The session token of the harness's staff account (see [`crate::staff`]), once
+    /// logged in: sessions outlive restarts.
+    token: Option<String>,
 }
 
 impl ClusterNode {
@@ -475,15 +480,31 @@ impl ClusterNode {
         self.endpoint.subscribe()
     }
 
-    /// A fresh connection to the staff `Registry`.
-    pub async fn registry(&self) -> anyhow::Result<RegistryClient<Channel>> {
+    /// A fresh connection to the staff `Registry`, logged in as the harness's account.
+    pub async fn registry(&self) -> anyhow::Result<RegistryClient<StaffChannel>> {
+        Ok(RegistryClient::new(self.channel().await?))
+    }
+
+    /// A fresh connection to the staff API carrying the harness account's token.
+    pub async fn channel(&self) -> anyhow::Result<StaffChannel> {
         let endpoint = self.endpoint()?;
-        let client = RegistryClient::connect(endpoint.clone()).await.with_context(|| format!("connect {endpoint}"))?;
-        Ok(client)
+        let channel =
+            Channel::from_shared(endpoint.clone())?.connect().await.with_context(|| format!("connect {endpoint}"))?;
+        Ok(crate::staff::authed(channel, self.token()?))
+    }
+
+    /// The harness account's session token at this node.
+    pub fn token(&self) -> anyhow::Result<&str> {
+        self.token.as_deref().with_context(|| format!("node {} was never started", self.division))
+    }
+
+    /// Where the token is kept for the CLI (`LDX_TOKEN_FILE` of [`cli_command`](Self::cli_command)).
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("lab.session")
     }
 
     /// The `Monitor` of the staff API, on a connection kept for the life of the process.
-    pub async fn monitor(&self) -> anyhow::Result<MonitorClient<Channel>> {
+    pub async fn monitor(&self) -> anyhow::Result<MonitorClient<StaffChannel>> {
         let channel = self.monitor.clone().with_context(|| format!("node {} is not running", self.division))?;
         Ok(MonitorClient::new(channel))
     }
@@ -586,6 +607,7 @@ impl ClusterNode {
         let mut command = Command::new(&self.bin);
         command.args(args).arg("--config").arg(self.config_path());
         without_ldx_env(&mut command);
+        command.env("LDX_TOKEN_FILE", self.token_file());
         command
     }
 
@@ -648,6 +670,7 @@ impl ClusterNode {
             let _ = std::fs::remove_file(self.run_dir().join(file));
         }
         self.write_config()?;
+        crate::staff::provision(&self.config_path())?;
         self.starts += 1;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
         std::io::Write::write_all(
@@ -691,7 +714,13 @@ impl ClusterNode {
                         );
                     }
                     self.peer_addr = Some(peer);
-                    self.monitor = Some(Channel::from_shared(endpoint.clone())?.connect_lazy());
+                    if self.token.is_none() {
+                        let token = crate::staff::login(&endpoint).await?;
+                        std::fs::write(self.token_file(), &token)?;
+                        self.token = Some(token);
+                    }
+                    let lazy = Channel::from_shared(endpoint.clone())?.connect_lazy();
+                    self.monitor = Some(crate::staff::authed(lazy, self.token()?));
                     self.endpoint.send_replace(Some(endpoint));
                     return Ok(());
                 }

@@ -648,11 +648,12 @@ fn load_request(d: usize, k: u64) -> pb::RegisterMoveInRequest {
 async fn load_client(
     d: usize,
     mut endpoint: watch::Receiver<Option<String>>,
+    token: String,
     load: Arc<Load>,
     pause: Duration,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut client: Option<RegistryClient<tonic::transport::Channel>> = None;
+    let mut client: Option<RegistryClient<ldx_node::staff::client::StaffChannel>> = None;
     while !stop.load(Ordering::Relaxed) {
         let request = load_request(d, load.next[d].fetch_add(1, Ordering::Relaxed));
         let give_up = Instant::now() + Duration::from_secs(120);
@@ -660,7 +661,7 @@ async fn load_client(
         loop {
             if client.is_none() {
                 let url = endpoint.wait_for(Option::is_some).await?.clone().expect("some");
-                match RegistryClient::connect(url.clone()).await {
+                match crate::staff::registry_at(&url, &token).await {
                     Ok(c) => client = Some(c),
                     // The address was read before the node died; its restart brings a new one.
                     Err(_) if Instant::now() < give_up => {
@@ -760,7 +761,8 @@ pub async fn run(opts: &FaultRun) -> anyhow::Result<FaultReport> {
     for (d, destination) in DESTINATIONS.iter().enumerate() {
         for _ in 0..opts.clients {
             let endpoint = cluster.node(destination).endpoint_watch();
-            clients.push(tokio::spawn(load_client(d, endpoint, load.clone(), opts.pause, stop.clone())));
+            let token = cluster.node(destination).token()?.to_owned();
+            clients.push(tokio::spawn(load_client(d, endpoint, token, load.clone(), opts.pause, stop.clone())));
         }
     }
 

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use ldx_node::staff::client::StaffChannel;
 use ldx_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -15,6 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 pub mod bench;
 pub mod cluster;
 pub mod fault;
+pub mod staff;
 
 /// How long a node may take to start serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,6 +49,8 @@ pub struct TestNode {
     pub division: String,
     child: Option<Child>,
     endpoint: Option<String>,
+    /// The session token of the harness's staff account, once logged in.
+    token: Option<String>,
 }
 
 impl TestNode {
@@ -62,7 +66,10 @@ impl TestNode {
         if !out.status.success() {
             bail!("ldx-node init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(Self { bin: bin.into(), dir, division: division.to_owned(), child: None, endpoint: None })
+        let node =
+            Self { bin: bin.into(), dir, division: division.to_owned(), child: None, endpoint: None, token: None };
+        staff::provision(&node.config())?;
+        Ok(node)
     }
 
     pub fn config(&self) -> PathBuf {
@@ -103,6 +110,11 @@ impl TestNode {
             if let Ok(addr) = std::fs::read_to_string(&addr_file) {
                 let endpoint = format!("http://{}", addr.trim());
                 if serving(&endpoint).await {
+                    if self.token.is_none() {
+                        let token = staff::login(&endpoint).await?;
+                        std::fs::write(self.token_file(), &token)?;
+                        self.token = Some(token);
+                    }
                     self.endpoint = Some(endpoint);
                     return Ok(());
                 }
@@ -118,8 +130,20 @@ impl TestNode {
         self.endpoint.as_deref().expect("node started")
     }
 
-    pub async fn registry(&self) -> anyhow::Result<RegistryClient<Channel>> {
-        Ok(RegistryClient::connect(self.endpoint().to_owned()).await?)
+    /// The staff `Registry`, logged in as the harness's account.
+    pub async fn registry(&self) -> anyhow::Result<RegistryClient<StaffChannel>> {
+        Ok(RegistryClient::new(self.channel().await?))
+    }
+
+    /// A connection to the staff API carrying the harness account's session token.
+    pub async fn channel(&self) -> anyhow::Result<StaffChannel> {
+        let channel = Channel::from_shared(self.endpoint().to_owned())?.connect().await?;
+        Ok(staff::authed(channel, self.token.as_deref().context("not logged in")?))
+    }
+
+    /// Where the harness account's session token is kept for the CLI (`LDX_TOKEN_FILE`).
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("lab.session")
     }
 
     /// The exit status, once the process has ended by itself.
@@ -162,7 +186,21 @@ impl TestNode {
 
     /// Runs an `ldx-node` staff subcommand against this node through its config file.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin).args(args).arg("--config").arg(self.config()).output().expect("ldx-node runs")
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env("LDX_TOKEN_FILE", self.token_file())
+            .output()
+            .expect("ldx-node runs")
+    }
+
+    /// `ldx-node login lab` through the CLI, as a clerk logs in (for nodes this harness
+    /// did not start itself).
+    pub fn login_cli(&self) -> Output {
+        let password = staff::password_file(&self.config());
+        let password = password.to_str().expect("a UTF-8 path");
+        self.cli(&["login", staff::LAB_STAFF, "--password-file", password])
     }
 
     pub fn log(&self) -> String {

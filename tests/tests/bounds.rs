@@ -52,7 +52,7 @@ async fn the_worklist_is_bounded_and_paged() {
 
     // A year ahead, page by page: every resident's duties, each once, in due order.
     let furthest = (today + Days::new(366)).to_string();
-    let mut req = pb::ListWorkRequest { due_before: furthest.clone(), page_size: 1000, page_token: String::new() };
+    let mut req = pb::ListWorkRequest { due_before: furthest.clone(), page_size: 1000, ..Default::default() };
     let mut items = Vec::new();
     loop {
         let page = registry.list_work(req.clone()).await.unwrap().into_inner();

@@ -11,6 +11,10 @@ use ldx_proto::v1::registry_client::RegistryClient;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_ldx-gateway-harness");
 
+fn demo_staff() -> &'static str {
+    ldx_gateway::demo::DEMO_STAFF
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +52,11 @@ async fn demo_starts_a_federation_with_records_and_stops_on_sigterm() {
     let mut destination_total = 0;
     let mut origin_total = 0;
     for (division, role, endpoint) in &nodes {
-        let mut client = RegistryClient::connect(endpoint.clone()).await.unwrap();
+        let channel = tonic::transport::Channel::from_shared(endpoint.clone()).unwrap().connect().await.unwrap();
+        let password = std::fs::read_to_string(dir.path().join(division).join("demo-staff.password")).unwrap();
+        let token = ldx_node::staff::client::login(channel.clone(), demo_staff(), password.trim()).await.unwrap();
+        let bearer = ldx_node::staff::client::Bearer::new(&token).unwrap();
+        let mut client = RegistryClient::new(ldx_node::staff::client::with_token(channel, bearer));
         let persons = client
             .list_persons(pb::ListPersonsRequest { page_size: 1000, ..Default::default() })
             .await
@@ -116,7 +124,7 @@ async fn the_demo_streams_quarterly_reports_that_the_origins_verify() {
     let ready = tokio::time::timeout(Duration::from_secs(120), ready_rx).await.unwrap().unwrap();
     let reports = async |division: &str| {
         let node = ready.nodes.iter().find(|n| n.division.as_str() == division).unwrap();
-        let mut client = RegistryClient::connect(format!("http://{}", node.api)).await.unwrap();
+        let mut client = RegistryClient::new(demo::connect(node).await.unwrap());
         client.list_reports(pb::ListReportsRequest::default()).await.unwrap().into_inner().reports
     };
     let deadline = Instant::now() + Duration::from_secs(60);

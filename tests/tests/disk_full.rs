@@ -110,6 +110,8 @@ async fn a_full_disk_refuses_changes_reports_it_and_recovers_by_itself() {
     let federation = Federation::new().unwrap();
     let mut node = TestNode::init(NODE, &federation, DIVISION).unwrap();
     let _tmpfs = Tmpfs::mount(&node.data_dir(), 48);
+    // The harness's staff account lives in the data directory the mount hides.
+    ldx_tests::staff::provision_again(&node.config()).unwrap();
     let filler = node.data_dir().join("filler");
 
     // The reserve: below 8 MB free, changes are refused before RocksDB is asked.

@@ -38,6 +38,8 @@ struct Setup {
     foreign_pki: PathBuf,
     peer_addr: String,
     api_addr: String,
+    /// Session token of the harness's staff account at the node.
+    token: String,
     metrics_addr: String,
     salt: FederationSalt,
     stops: Vec<oneshot::Sender<()>>,
@@ -117,6 +119,7 @@ listen = "127.0.0.1:0"
         federation = pki.join("federation.pub").display(),
     );
     std::fs::write(node_dir.join("node.toml"), config).unwrap();
+    ldx_tests::staff::provision(&node_dir.join("node.toml")).unwrap();
     let config = ldx_node::config::Config::load(&node_dir.join("node.toml"), Vec::new()).unwrap();
     let (api_file, peer_file, metrics_file) =
         (config.api_addr_file(), config.peer_addr_file(), config.metrics_addr_file());
@@ -130,7 +133,8 @@ listen = "127.0.0.1:0"
     let peer_addr = wait_for_file(&peer_file).await;
     let metrics_addr = wait_for_file(&metrics_file).await;
     let salt = FederationSalt::load(&pki.join("federation.salt")).unwrap();
-    let setup = Setup { _dir: dir, pki, foreign_pki, peer_addr, api_addr, metrics_addr, salt, stops };
+    let token = ldx_tests::staff::login(&format!("http://{api_addr}")).await.unwrap();
+    let setup = Setup { _dir: dir, pki, foreign_pki, peer_addr, api_addr, token, metrics_addr, salt, stops };
     // The receiver must have the directory before anyone can be recognised.
     let deadline = Instant::now() + Duration::from_secs(30);
     while setup.status().await.directory_version < 3 {
@@ -141,8 +145,13 @@ listen = "127.0.0.1:0"
 }
 
 impl Setup {
-    async fn status(&self) -> pb::StatusResponse {
+    async fn staff(&self) -> ldx_node::staff::client::StaffChannel {
         let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
+        ldx_tests::staff::authed(channel, &self.token)
+    }
+
+    async fn status(&self) -> pb::StatusResponse {
+        let channel = self.staff().await;
         MonitorClient::new(channel).status(pb::StatusRequest {}).await.unwrap().into_inner()
     }
 
@@ -182,14 +191,14 @@ impl Setup {
 
     /// The receiver's whole message log.
     async fn log(&self) -> Vec<pb::LogEntry> {
-        let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
+        let channel = self.staff().await;
         let request = pb::ListLogRequest { after: 0, limit: 10_000 };
         MonitorClient::new(channel).list_log(request).await.unwrap().into_inner().entries
     }
 
     /// The receiver's record of the `n`th test person, if it holds one.
     async fn person(&self, n: u32) -> Option<pb::Person> {
-        let channel = Channel::from_shared(format!("http://{}", self.api_addr)).unwrap().connect().await.unwrap();
+        let channel = self.staff().await;
         let request = pb::GetPersonRequest { id_number: person_id(n) };
         match RegistryClient::new(channel).get_person(request).await {
             Ok(resp) => resp.into_inner().person,

@@ -42,7 +42,9 @@ fn read_addr(path: &Path) -> Option<String> {
 }
 
 fn status_json(config: &Path) -> Option<serde_json::Value> {
-    let out = run(NODE, &["status", "--json", "--config", config.to_str().unwrap()]);
+    let token = config.with_file_name("lab.session");
+    let args = ["status", "--json", "--config", config.to_str().unwrap(), "--token-file", token.to_str().unwrap()];
+    let out = run(NODE, &args);
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }
 
@@ -104,6 +106,9 @@ async fn a_node_joins_from_one_bundle_and_syncs() {
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.contains(&format!("gateway = \"{gateway}\"")), "{written}");
 
+    // Its first clerk is added on the host before the first start, as README says.
+    ldx_tests::staff::provision(&config).unwrap();
+
     // It runs with no file copied or edited, takes the directory, and answers health.
     let log = std::fs::File::create(work.path().join("node.log")).unwrap();
     let child = Command::new(NODE)
@@ -126,6 +131,20 @@ async fn a_node_joins_from_one_bundle_and_syncs() {
     })
     .await
     .unwrap();
+    let password = ldx_tests::staff::password_file(&config);
+    let token = config.with_file_name("lab.session");
+    let login = [
+        "login",
+        ldx_tests::staff::LAB_STAFF,
+        "--password-file",
+        password.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--config",
+        config_arg,
+    ];
+    let out = run(NODE, &login);
+    assert!(out.status.success(), "{}", text(&out));
 
     // The district lists it; the new node and the origin then find each other.
     let peer = read_addr(&run_dir.join("peer.addr")).unwrap();
@@ -149,7 +168,8 @@ async fn a_node_joins_from_one_bundle_and_syncs() {
     let person = synthetic::person(ORIGIN, 1);
     let request = person.move_in(JOINER, chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(), synthetic::category(1));
     let api = read_addr(&run_dir.join("api.addr")).unwrap();
-    let mut client = ldx_proto::v1::registry_client::RegistryClient::connect(format!("http://{api}")).await.unwrap();
+    let token = ldx_tests::staff::login(&format!("http://{api}")).await.unwrap();
+    let mut client = ldx_tests::staff::registry_at(&format!("http://{api}"), &token).await.unwrap();
     client.register_move_in(request.clone()).await.unwrap();
     wait_until(TIMEOUT, "the move-in notice is acked by the origin", async || {
         status_json(&config).is_some_and(|s| {

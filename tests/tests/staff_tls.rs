@@ -81,6 +81,10 @@ async fn with_tls_the_cli_reaches_the_staff_api_and_plain_http_does_not() {
     }
     assert!(node.log().contains("tls=true"), "{}", node.log());
 
+    // The clerk logs in over TLS; the session token is kept for the later commands.
+    let out = node.login_cli();
+    assert!(out.status.success(), "login over TLS: {}", String::from_utf8_lossy(&out.stderr));
+
     let person = ldx_gateway::synthetic::person("411421", 1);
     let id =
         person.move_in(DIVISION, chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), pb::Category::MixedCommunity);

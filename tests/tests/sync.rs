@@ -374,7 +374,7 @@ struct Load {
 /// each on its own connection. With `retry`, a request that fails because the node went
 /// away is sent again once it is back (the same move-in again is idempotent).
 fn spawn_load(
-    endpoint: watch::Receiver<Option<String>>,
+    node: &ldx_tests::cluster::ClusterNode,
     requests: Vec<pb::RegisterMoveInRequest>,
     clients: usize,
     retry: bool,
@@ -384,8 +384,12 @@ fn spawn_load(
         shares[i % clients].push(req);
     }
     let started = Instant::now();
-    let workers: Vec<_> =
-        shares.into_iter().map(|share| tokio::spawn(load_worker(endpoint.clone(), share, retry))).collect();
+    let endpoint = node.endpoint_watch();
+    let token = node.token().expect("started").to_owned();
+    let workers: Vec<_> = shares
+        .into_iter()
+        .map(|share| tokio::spawn(load_worker(endpoint.clone(), token.clone(), share, retry)))
+        .collect();
     tokio::spawn(async move {
         let mut total = Load::default();
         for worker in workers {
@@ -401,10 +405,10 @@ fn spawn_load(
 
 async fn load_worker(
     mut endpoint: watch::Receiver<Option<String>>,
+    token: String,
     requests: Vec<pb::RegisterMoveInRequest>,
     retry: bool,
 ) -> anyhow::Result<Load> {
-    use ldx_proto::v1::registry_client::RegistryClient;
     let mut load = Load::default();
     let mut client = None;
     for req in requests {
@@ -412,7 +416,7 @@ async fn load_worker(
         loop {
             if client.is_none() {
                 let url = endpoint.wait_for(Option::is_some).await?.clone().expect("some");
-                match RegistryClient::connect(url.clone()).await {
+                match ldx_tests::staff::registry_at(&url, &token).await {
                     Ok(c) => client = Some(c),
                     // Its address file was read before it died; the restart brings a new one.
                     Err(_) if retry && attempts < 2_000 => {
@@ -510,7 +514,7 @@ async fn kill_mid_stream(victim: &str) -> anyhow::Result<()> {
     let (sender, receiver) = (DAXUELU, MINQUAN);
     let mut cluster = cluster(&[sender, receiver]).start().await?;
     let requests: Vec<_> = (0..N).map(|n| move_in(sender, MINQUAN, n)).collect();
-    let load = spawn_load(cluster.node(sender).endpoint_watch(), requests, 16, victim == sender);
+    let load = spawn_load(cluster.node(sender), requests, 16, victim == sender);
 
     let waited = {
         let node = cluster.node(receiver);
@@ -641,7 +645,7 @@ async fn stopped_node_catches_up_on_5000_notices() -> anyhow::Result<()> {
 
     // A channel in use before the receiver stops.
     let warm_up = (0..WARM_UP).map(|n| move_in(sender, MINQUAN, n)).collect();
-    spawn_load(cluster.node(sender).endpoint_watch(), warm_up, 4, false).await??;
+    spawn_load(cluster.node(sender), warm_up, 4, false).await??;
     {
         let (s, r) = (cluster.node(sender), cluster.node(receiver));
         wait_until(SYNC_TIMEOUT, "the warm-up is synced", async || drained(s, r, u64::from(WARM_UP)).await).await?;
@@ -651,7 +655,7 @@ async fn stopped_node_catches_up_on_5000_notices() -> anyhow::Result<()> {
     assert_eq!((head, earlier), (u64::from(WARM_UP), 0));
 
     let requests = (WARM_UP..WARM_UP + N).map(|n| move_in(sender, MINQUAN, n)).collect();
-    let load = spawn_load(cluster.node(sender).endpoint_watch(), requests, 16, false);
+    let load = spawn_load(cluster.node(sender), requests, 16, false);
     let started = Instant::now();
     let mut rising = Vec::new();
     while !load.is_finished() {
@@ -719,7 +723,7 @@ async fn nodes_keep_syncing_on_the_cached_directory_when_the_gateway_is_down() -
     };
     let mut batch = register(MINQUAN, 0..100);
     batch.extend(register(PINGYU, 0..100));
-    spawn_load(cluster.node(DAXUELU).endpoint_watch(), batch, 8, false).await??;
+    spawn_load(cluster.node(DAXUELU), batch, 8, false).await??;
     {
         let (d, m, p) = (cluster.node(DAXUELU), cluster.node(MINQUAN), cluster.node(PINGYU));
         wait_until(SYNC_TIMEOUT, "notices and feedback synced without the gateway", async || {
@@ -733,7 +737,7 @@ async fn nodes_keep_syncing_on_the_cached_directory_when_the_gateway_is_down() -
     // gateway still down: it must authenticate 大学路 and route its feedback from the
     // directory cached in its store.
     cluster.node_mut(MINQUAN).kill()?;
-    spawn_load(cluster.node(DAXUELU).endpoint_watch(), register(MINQUAN, 100..200), 8, false).await??;
+    spawn_load(cluster.node(DAXUELU), register(MINQUAN, 100..200), 8, false).await??;
     let t = Instant::now();
     cluster.node_mut(MINQUAN).restart().await?;
     let status = cluster.node(MINQUAN).status().await?;
@@ -758,7 +762,7 @@ async fn nodes_keep_syncing_on_the_cached_directory_when_the_gateway_is_down() -
     cluster.node_mut(DAXUELU).restart().await?;
     let status = cluster.node(DAXUELU).status().await?;
     assert_eq!((status.directory_version, status.directory_fetched_ms), (version, 0));
-    spawn_load(cluster.node(DAXUELU).endpoint_watch(), register(PINGYU, 100..150), 8, false).await??;
+    spawn_load(cluster.node(DAXUELU), register(PINGYU, 100..150), 8, false).await??;
     {
         let (d, p) = (cluster.node(DAXUELU), cluster.node(PINGYU));
         wait_until(SYNC_TIMEOUT, "the restarted destination sent on its cached directory", async || {

@@ -6,6 +6,8 @@ use ldx_proto::v1::monitor_client::MonitorClient;
 use ldx_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
+use crate::staff::client::{Bearer, StaffChannel, with_token};
+
 use super::output;
 use super::{ClientArgs, PersonCommand, ServiceCommand};
 use crate::clock::{Clock, SystemClock};
@@ -54,6 +56,7 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
                 status: a.status.map_or(0, |s| pb::PersonStatus::from(s) as i32),
                 page_size: a.page_size,
                 page_token: a.page_token,
+                township: a.township.unwrap_or_default(),
             };
             let mut persons = Vec::new();
             let mut unreadable = 0;
@@ -153,7 +156,7 @@ pub(super) fn status(s: tonic::Status) -> anyhow::Error {
 pub(super) async fn health(args: &ClientArgs) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-    let (channel, _) = tokio::time::timeout(LIMIT, connect_channel(args))
+    let (channel, _) = tokio::time::timeout(LIMIT, connect_raw(args))
         .await
         .map_err(|_| anyhow!("no connection within {} s", LIMIT.as_secs()))??;
     let answer = tokio::time::timeout(LIMIT, HealthClient::new(channel).check(HealthCheckRequest::default()))
@@ -170,12 +173,44 @@ pub(super) async fn health(args: &ClientArgs) -> anyhow::Result<()> {
 
 /// Connects to `--endpoint`, or to the node whose config is `--config` (at the address the
 /// running node wrote into its data directory, else the configured one).
-pub(super) async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<Channel>, Option<Config>)> {
+pub(super) async fn connect(args: &ClientArgs) -> anyhow::Result<(RegistryClient<StaffChannel>, Option<Config>)> {
     let (channel, config) = connect_channel(args).await?;
     Ok((RegistryClient::new(channel), config))
 }
 
-pub(super) async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
+/// Connects as [`connect_raw`] does, with the session token of the last `ldx-node login`
+/// to this node (see [`token_file`]) on every call.
+pub(super) async fn connect_channel(args: &ClientArgs) -> anyhow::Result<(StaffChannel, Option<Config>)> {
+    let (channel, config) = connect_raw(args).await?;
+    let path = token_file(args, config.as_ref());
+    let bearer = match std::fs::read_to_string(&path) {
+        Ok(token) => Bearer::new(&token)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Bearer::none(),
+        Err(e) => return Err(anyhow!("cannot read the session token {}: {e}", path.display())),
+    };
+    Ok((with_token(channel, bearer), config))
+}
+
+/// Where the session token of this node is kept: `--token-file` (`LDX_TOKEN_FILE`), else
+/// `$XDG_CONFIG_HOME/ldx/session-<division>` (or `~/.config/ldx/…`), mode 0600.
+pub(super) fn token_file(args: &ClientArgs, config: Option<&Config>) -> std::path::PathBuf {
+    if let Some(path) = &args.token_file {
+        return path.clone();
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let name = match (config, &args.endpoint) {
+        (Some(c), _) => c.division.clone(),
+        (None, Some(e)) => e.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect(),
+        (None, None) => "node".into(),
+    };
+    base.join("ldx").join(format!("session-{name}"))
+}
+
+/// Connects to the node's staff API without a session: for health and log-in.
+pub(super) async fn connect_raw(args: &ClientArgs) -> anyhow::Result<(Channel, Option<Config>)> {
     let load = || {
         Config::load(&args.config, std::env::vars())
             .with_context(|| format!("reading {} (or pass --endpoint)", args.config.display()))

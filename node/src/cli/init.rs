@@ -33,6 +33,33 @@ pub struct InitArgs {
     /// Peer API address written into the config when joining.
     #[arg(long, default_value = "0.0.0.0:7302", requires = "join")]
     pub peer_listen: String,
+    /// The password of the first staff account, `admin` (default: made by the node and
+    /// printed once).
+    #[arg(long)]
+    pub admin_password_file: Option<PathBuf>,
+}
+
+/// Makes the node's first staff account, `admin` (role admin), and prints how to log in.
+fn first_admin(args: &InitArgs, config_path: &Path) -> anyhow::Result<()> {
+    let password = match &args.admin_password_file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        None => String::new(),
+    };
+    let new =
+        crate::registry::NewStaff { name: "admin".into(), roles: vec!["admin".into()], password, ..Default::default() };
+    let made = super::staff::add_offline(config_path, &new)?;
+    println!("  first staff account: admin (role admin: staff accounts and node operations, no personal data)");
+    if !made.is_empty() {
+        println!("  admin password (shown once): {made}");
+    }
+    println!(
+        "  once the node runs: ldx-node login admin --config {0}, then ldx-node staff add NAME --role registrar --config {0}",
+        config_path.display()
+    );
+    Ok(())
 }
 
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -61,6 +88,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     println!("  config:          {}", config_path.display());
     println!("  data key:        {}", args.dir.join("data.key").display());
     println!("  federation salt: {}", salt_path.display());
+    first_admin(args, &config_path)?;
     println!("start it with: ldx-node run --config {}", config_path.display());
     Ok(())
 }
@@ -107,6 +135,7 @@ fn join(args: &InitArgs, division: &Division, bundle_path: &Path, config_path: &
     println!("  config:    {} (peer API {}, gateway {})", config_path.display(), args.peer_listen, bundle.gateway);
     println!("  data key:  {} (back it up apart from the data)", data_key.display());
     println!("  PKI files: {}", args.dir.join("pki").display());
+    first_admin(args, config_path)?;
     println!("delete {} now: it holds this node's private keys", bundle_path.display());
     println!(
         "the district adds this node to the directory: ldx-gateway directory add --division {division} --endpoint https://HOST:PORT"

@@ -14,13 +14,14 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use ldx_proto::v1 as pb;
 use ldx_proto::v1::registry_client::RegistryClient;
+
 use serde_json::json;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use super::{ClientArgs, LedgerCommand};
 use crate::clock::{Clock, SystemClock};
 use crate::ledger::{self, Row, RowError, Step};
+use crate::staff::client::StaffChannel;
 
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 16;
@@ -206,7 +207,7 @@ fn batched(persons: Vec<Vec<Row>>) -> Vec<Work> {
 
 /// Move-ins of different persons in one request. A node without `RegisterMoveIns` (an
 /// older build) gets them one by one.
-async fn import_batch(mut client: RegistryClient<Channel>, rows: Vec<Row>) -> PersonReport {
+async fn import_batch(mut client: RegistryClient<StaffChannel>, rows: Vec<Row>) -> PersonReport {
     let mut report = PersonReport { rows: Vec::with_capacity(rows.len()), fatal: None };
     let request = pb::RegisterMoveInsRequest { move_ins: rows.iter().map(|r| r.move_in.clone()).collect() };
     let results = match client.register_move_ins(request).await {
@@ -251,7 +252,7 @@ async fn import_batch(mut client: RegistryClient<Channel>, rows: Vec<Row>) -> Pe
 }
 
 /// One person's rows, in order. Stops at a failure of the node itself.
-async fn import_person(mut client: RegistryClient<Channel>, rows: Vec<Row>) -> PersonReport {
+async fn import_person(mut client: RegistryClient<StaffChannel>, rows: Vec<Row>) -> PersonReport {
     let mut report = PersonReport { rows: Vec::with_capacity(rows.len()), fatal: None };
     for row in rows {
         match import_row(&mut client, &row).await {
@@ -268,7 +269,7 @@ async fn import_person(mut client: RegistryClient<Channel>, rows: Vec<Row>) -> P
 
 /// A move-in, then the move-out when the row has one. A row with a move-out that the node
 /// already holds exactly is left alone: a second move-in would start a new stay.
-async fn import_row(client: &mut RegistryClient<Channel>, row: &Row) -> Result<Outcome, Failure> {
+async fn import_row(client: &mut RegistryClient<StaffChannel>, row: &Row) -> Result<Outcome, Failure> {
     if row.move_out.is_some() {
         let get = pb::GetPersonRequest { id_number: row.move_in.id_number.clone() };
         match client.get_person(get).await {
@@ -387,7 +388,7 @@ async fn export(args: &ClientArgs, output: Option<&Path>) -> anyhow::Result<()> 
 }
 
 /// Every person, all pages, as ledger rows; with how many records did not open.
-async fn write_persons<W: Write>(client: &mut RegistryClient<Channel>, out: W) -> anyhow::Result<(W, u32)> {
+async fn write_persons<W: Write>(client: &mut RegistryClient<StaffChannel>, out: W) -> anyhow::Result<(W, u32)> {
     let mut writer = ledger::Writer::new(out)?;
     let mut unreadable = 0;
     let mut req = pb::ListPersonsRequest { page_size: crate::registry::PAGE_SIZE_MAX, ..Default::default() };

@@ -7,6 +7,9 @@ mod ledger;
 mod outbox;
 mod output;
 mod reports;
+mod staff;
+
+pub use staff::{add_offline as add_staff_offline, add_offline_with as add_staff_offline_with};
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -99,6 +102,34 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Log in to the node: the session token is kept in --token-file (mode 0600) and sent
+    /// by every later command.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The staff account.
+        name: String,
+        /// Read the password from this file (default: asked for on the terminal).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// End the session and delete its token.
+    Logout {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The account, roles and township of the session.
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Staff accounts of this node (admin).
+    Staff {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: staff::StaffCommand,
+    },
     /// The audit log of personal-data access.
     Audit {
         #[command(subcommand)]
@@ -127,6 +158,21 @@ pub enum AuditCommand {
         #[arg(long, env = "LDX_CONFIG", default_value = "ldx-node.toml")]
         config: PathBuf,
     },
+    /// Who saw or changed what, when and for what purpose (auditor): every entry, or those
+    /// about one person, of one staff account, or since a day.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only entries about the person with this ID number.
+        #[arg(long)]
+        person: Option<String>,
+        /// Only entries of this staff account (acting, or acted for by a deputy).
+        #[arg(long)]
+        staff: Option<String>,
+        /// Only entries on or after this day, YYYY-MM-DD.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// How staff subcommands reach the node.
@@ -141,6 +187,10 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Where `login` keeps the session token and the other commands read it (default:
+    /// ~/.config/ldx/session-<division>).
+    #[arg(long, global = true, env = "LDX_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +296,9 @@ pub struct PersonListArgs {
     /// Continue from a previous page's token.
     #[arg(long, default_value = "")]
     pub page_token: String,
+    /// Only persons registered in this 9-digit township.
+    #[arg(long)]
+    pub township: Option<String>,
     /// Fetch every page.
     #[arg(long)]
     pub all: bool,
@@ -380,6 +433,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Log { client, after, all } => client::log(&client, after, all).await,
         Command::Health { client } => client::health(&client).await,
         Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(&config),
+        Command::Audit { command: AuditCommand::List { client, person, staff, since } } => {
+            staff::audit_list(&client, person, staff, since).await
+        }
+        Command::Login { client, name, password_file } => staff::login(&client, name, password_file).await,
+        Command::Logout { client } => staff::logout(&client).await,
+        Command::Whoami { client } => staff::whoami(&client).await,
+        Command::Staff { client, command } => staff::staff(&client, command).await,
     }
 }
 

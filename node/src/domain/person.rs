@@ -87,6 +87,10 @@ pub struct MoveIn {
     pub date: NaiveDate,
     /// Her origin county: the explicit household division's county, else the ID's prefix.
     pub origin: Division,
+    /// Her household registration as precisely as known: the explicit household division
+    /// (a township, when given), else her origin county. Her notice carries it, so a
+    /// county node can tell her township.
+    pub household: Division,
     /// Her origin's feedback is needed urgently (the shorter deadline).
     pub urgent: bool,
 }
@@ -114,6 +118,10 @@ impl MoveIn {
             return Err(InvalidField::new("date", &req.date, "is before her birth date"));
         }
         let origin = origin_county(&id, &req.household_division)?;
+        let household = match req.household_division.trim() {
+            "" => origin.clone(),
+            explicit => Division::parse_node_level("household_division", explicit)?,
+        };
 
         match (role, category) {
             (Role::Origin, Category::OutMigrant) if origin.contains(&division) || division.contains(&origin) => {}
@@ -136,7 +144,7 @@ impl MoveIn {
             }
             _ => {}
         }
-        Ok(Self { id, name, phone, category, role, division, address, date, origin, urgent: req.urgent })
+        Ok(Self { id, name, phone, category, role, division, address, date, origin, household, urgent: req.urgent })
     }
 }
 

@@ -8,8 +8,10 @@ use ldx_proto::v1::registry_server;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::auth::caller;
 use super::status;
 use crate::registry::{Registry, RegistryError};
+use crate::staff::Caller;
 
 #[derive(Debug, Clone)]
 pub struct RegistryService {
@@ -25,18 +27,38 @@ impl RegistryService {
         registry_server::RegistryServer::new(self)
     }
 
-    /// Runs `work` on the blocking pool: RocksDB calls and fsyncs must not stall the runtime.
-    async fn run<T, F>(&self, work: F) -> Result<T, Status>
+    /// Runs `work` on the blocking pool (RocksDB calls and fsyncs must not stall the
+    /// runtime), as `caller`: the audit entries it writes name her.
+    async fn run<T, F>(&self, caller: &Caller, work: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
     {
         let registry = self.registry.clone();
-        tokio::task::spawn_blocking(move || work(&registry)).await.map_err(status::from_join)?.map_err(|e| {
-            tracing::debug!(error = %e, "request refused");
-            status::from_registry(e)
-        })
+        let actor = caller.actor.clone();
+        tokio::task::spawn_blocking(move || crate::staff::actor::acting(actor, || work(&registry)))
+            .await
+            .map_err(status::from_join)?
+            .map_err(|e| {
+                tracing::debug!(error = %e, "request refused");
+                status::from_registry(e)
+            })
     }
+}
+
+/// Holds a list to the caller's township, if she is limited to one: an empty filter
+/// becomes hers, another township is refused (and audited).
+fn within(registry: &Registry, caller: &Caller, requested: &mut String) -> Result<(), RegistryError> {
+    let Some(township) = &caller.township else {
+        return Ok(());
+    };
+    if requested.is_empty() || requested == township {
+        *requested = township.clone();
+        return Ok(());
+    }
+    let rule = format!("township {requested} is not {township}, the only one this account may see");
+    registry.audit_refusal(caller.actor.clone(), None, &rule)?;
+    Err(RegistryError::OutsideTownship { township: township.clone() })
 }
 
 #[tonic::async_trait]
@@ -46,9 +68,10 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RegisterMoveInRequest>,
     ) -> Result<Response<pb::RegisterMoveInResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let (person, created) = self.run(move |r| r.move_in(&req)).await?;
-        Ok(Response::new(pb::RegisterMoveInResponse { person: Some(person), created }))
+        let (person, created) = self.run(&caller, move |r| r.move_in(&req)).await?;
+        Ok(Response::new(pb::RegisterMoveInResponse { person: Some(viewed(&caller, person)), created }))
     }
 
     #[instrument(level = "debug", skip_all, name = "register_move_ins")]
@@ -56,12 +79,15 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RegisterMoveInsRequest>,
     ) -> Result<Response<pb::RegisterMoveInsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let outcomes = self.run(move |r| r.move_ins(&req.move_ins)).await?;
+        let outcomes = self.run(&caller, move |r| r.move_ins(&req.move_ins)).await?;
         let results = outcomes
             .into_iter()
             .map(|outcome| match outcome {
-                Ok((person, created)) => pb::MoveInResult { person: Some(person), created, ..Default::default() },
+                Ok((person, created)) => {
+                    pb::MoveInResult { person: Some(viewed(&caller, person)), created, ..Default::default() }
+                }
                 Err(e) => {
                     let status = status::from_registry(e);
                     pb::MoveInResult {
@@ -80,9 +106,10 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RegisterMoveOutRequest>,
     ) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.move_out(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let person = self.run(&caller, move |r| r.move_out(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "record_service")]
@@ -90,16 +117,19 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RecordServiceRequest>,
     ) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.record_service(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let person = self.run(&caller, move |r| r.record_service(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "get_person")]
     async fn get_person(&self, request: Request<pb::GetPersonRequest>) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.get(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let township = caller.township.clone();
+        let person = self.run(&caller, move |r| r.get_within(&req, township.as_deref())).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "list_persons")]
@@ -107,8 +137,19 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ListPersonsRequest>,
     ) -> Result<Response<pb::ListPersonsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.run(move |r| r.list(&req)).await?))
+        let mut req = req;
+        let limit = caller.clone();
+        let mut page = self
+            .run(&caller, move |r| {
+                within(r, &limit, &mut req.township)?;
+                r.list(&req)
+            })
+            .await?;
+        let view = caller.view();
+        page.persons.iter_mut().for_each(|p| view.apply(p));
+        Ok(Response::new(page))
     }
 
     #[instrument(level = "debug", skip_all, name = "transfer_archive")]
@@ -116,9 +157,10 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::TransferArchiveRequest>,
     ) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.transfer_archive(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let person = self.run(&caller, move |r| r.transfer_archive(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "query_certificate")]
@@ -126,9 +168,10 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::QueryCertificateRequest>,
     ) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.query_certificate(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let person = self.run(&caller, move |r| r.query_certificate(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "record_photo")]
@@ -136,9 +179,10 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RecordPhotoRequest>,
     ) -> Result<Response<pb::PersonResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let person = self.run(move |r| r.record_photo(&req)).await?;
-        Ok(Response::new(pb::PersonResponse { person: Some(person) }))
+        let person = self.run(&caller, move |r| r.record_photo(&req)).await?;
+        Ok(Response::new(pb::PersonResponse { person: Some(viewed(&caller, person)) }))
     }
 
     #[instrument(level = "debug", skip_all, name = "issue_report")]
@@ -146,8 +190,9 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::IssueReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let (report, created) = self.run(move |r| r.issue_report(&req)).await?;
+        let (report, created) = self.run(&caller, move |r| r.issue_report(&req)).await?;
         Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
     }
 
@@ -156,8 +201,17 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ListReportsRequest>,
     ) -> Result<Response<pb::ListReportsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.run(move |r| r.list_reports(&req)).await?))
+        let mut req = req;
+        let limit = caller.clone();
+        Ok(Response::new(
+            self.run(&caller, move |r| {
+                within(r, &limit, &mut req.township)?;
+                r.list_reports(&req)
+            })
+            .await?,
+        ))
     }
 
     #[instrument(level = "debug", skip_all, name = "verify_report")]
@@ -165,15 +219,26 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::VerifyReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let (report, created) = self.run(move |r| r.verify_report(&req)).await?;
+        let township = caller.township.clone();
+        let (report, created) = self.run(&caller, move |r| r.verify_report_within(&req, township.as_deref())).await?;
         Ok(Response::new(pb::ReportResponse { report: Some(report), created }))
     }
 
     #[instrument(level = "debug", skip_all, name = "list_work")]
     async fn list_work(&self, request: Request<pb::ListWorkRequest>) -> Result<Response<pb::ListWorkResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.run(move |r| r.work_list(&req)).await?))
+        let mut req = req;
+        let limit = caller.clone();
+        Ok(Response::new(
+            self.run(&caller, move |r| {
+                within(r, &limit, &mut req.township)?;
+                r.work_list(&req)
+            })
+            .await?,
+        ))
     }
 
     #[instrument(level = "debug", skip_all, name = "list_outbox")]
@@ -181,8 +246,9 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ListOutboxRequest>,
     ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.run(move |r| r.list_outbox(&req)).await?))
+        Ok(Response::new(self.run(&caller, move |r| r.list_outbox(&req)).await?))
     }
 
     #[instrument(level = "debug", skip_all, name = "set_aside_envelope")]
@@ -190,8 +256,15 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::SetAsideEnvelopeRequest>,
     ) -> Result<Response<pb::SetAsideEnvelopeResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let set_aside = self.run(move |r| r.set_aside(&req)).await?;
+        let set_aside = self.run(&caller, move |r| r.set_aside(&req)).await?;
         Ok(Response::new(pb::SetAsideEnvelopeResponse { set_aside: Some(set_aside) }))
     }
+}
+
+/// The person as the caller's view shows her.
+fn viewed(caller: &Caller, mut person: pb::Person) -> pb::Person {
+    caller.view().apply(&mut person);
+    person
 }

@@ -11,6 +11,7 @@ pub fn from_registry(err: RegistryError) -> Status {
         RegistryError::NotFound => Code::NotFound,
         RegistryError::AlreadyRegistered { .. } => Code::AlreadyExists,
         RegistryError::MovedOut { .. } | RegistryError::NotSyncing => Code::FailedPrecondition,
+        RegistryError::OutsideTownship { .. } => Code::PermissionDenied,
         // What the caller asked for would make a message no peer accepts.
         RegistryError::Storage(crate::storage::StorageError::EnvelopeTooLarge { .. }) => Code::InvalidArgument,
         // Nothing was stored, and trying again later works: the disk is full or failing.

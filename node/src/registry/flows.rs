@@ -42,7 +42,7 @@ impl Registry {
             division: m.division.as_str().to_owned(),
             address: secret.address.clone(),
             move_in_date: m.date.to_string(),
-            household_division: m.origin.as_str().to_owned(),
+            household_division: m.household.as_str().to_owned(),
             feedback_due: feedback_due.to_string(),
         };
         self.enqueue(writer, txn, &peer, key, Body::MoveInNotice(notice));

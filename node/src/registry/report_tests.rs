@@ -546,7 +546,7 @@ fn the_worklist_shows_this_quarter_and_the_next_looks_at_most_a_year_ahead_and_p
     // Pages of two, in order, each item once, the calendar on the first page only.
     let whole = r1.work_list(&far("2027-01-06")).unwrap();
     let mut paged = Vec::new();
-    let mut req = pb::ListWorkRequest { due_before: "2027-01-06".into(), page_size: 2, page_token: String::new() };
+    let mut req = pb::ListWorkRequest { due_before: "2027-01-06".into(), page_size: 2, ..Default::default() };
     let mut pages = 0;
     loop {
         let page = r1.work_list(&req).unwrap();

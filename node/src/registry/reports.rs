@@ -284,12 +284,19 @@ impl Registry {
             "" => None,
             raw => Some(Period::parse("period", raw)?.index()),
         };
+        let township = self.township_filter(&req.township)?;
         let mut page = pb::ListReportsResponse::default();
         let mut last = None;
         for item in self.store.reports_after(after) {
             let (key, record) = item?;
             if status.is_some_and(|s| s != record.status) || period.is_some_and(|p| p != key.period) {
                 continue;
+            }
+            if let Some(township) = &township {
+                let within = self.store.person(&key.person)?.is_some_and(|p| p.division.starts_with(township.as_str()));
+                if !within {
+                    continue;
+                }
             }
             if page.reports.len() + page.unreadable as usize == page_size {
                 page.next_page_token = last.take().map(|k: ReportKey| hex::encode(k.encode())).unwrap_or_default();
@@ -304,14 +311,27 @@ impl Registry {
             }
             last = Some(key);
         }
-        let writer = self.lock();
-        self.commit_audit(writer, self.store.batch(), "list_reports", None)?;
+        let mut txn = Txn::new(self.store.batch());
+        txn.within_reserve();
+        let disclosed = page.reports.iter().filter_map(|r| PersonKey::from_hex(&r.person_key)).collect();
+        txn.audit_note(super::AuditNote { disclosed, ..super::AuditNote::new("list_reports", None) });
+        self.commit_txn(self.lock(), txn)?;
         Ok(page)
     }
 
     /// At her origin: an operator's decision on a report awaiting verification. Deciding a
     /// report already decided changes nothing and returns `false`.
     pub fn verify_report(&self, req: &pb::VerifyReportRequest) -> Result<(pb::Report, bool), RegistryError> {
+        self.verify_report_within(req, None)
+    }
+
+    /// [`Registry::verify_report`] for a caller limited to `township`: a report of a
+    /// person registered outside it is refused, and the refusal audited.
+    pub fn verify_report_within(
+        &self,
+        req: &pb::VerifyReportRequest,
+        township: Option<&str>,
+    ) -> Result<(pb::Report, bool), RegistryError> {
         let reason = pb::RejectReason::try_from(req.reason)
             .map_err(|_| InvalidField::new("reason", req.reason, "is not a known reject reason"))?;
         if req.accept && reason != pb::RejectReason::Unspecified {
@@ -326,6 +346,20 @@ impl Registry {
         let Some((report_key, mut stored)) = found else {
             return Err(InvalidField::new("report_id", &req.report_id, "is not a report received at this node").into());
         };
+        if let Some(township) = township {
+            let within = self.store.person(&report_key.person)?.is_some_and(|p| p.division.starts_with(township));
+            if !within {
+                drop(writer);
+                let rule =
+                    format!("the report is of a person outside township {township}, the only one this account may see");
+                self.audit_refusal(
+                    crate::staff::actor::current().unwrap_or_default(),
+                    Some(&report_key.person),
+                    &rule,
+                )?;
+                return Err(RegistryError::OutsideTownship { township: township.to_owned() });
+            }
+        }
         if stored.status != pb::ReportStatus::AwaitingVerification as i32 {
             self.commit_audit(writer, self.store.batch(), "verify_report_repeat", Some(&report_key.person))?;
             return Ok((self.report_view(&report_key, &stored)?, false));

@@ -75,6 +75,25 @@ pub fn body_kind(body: Option<&Body>) -> &'static str {
     }
 }
 
+/// One audit entry in the making: what was done to whom, and by whom.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuditNote {
+    pub action: String,
+    pub person: Option<PersonKey>,
+    /// For a refusal: the rule that refused it.
+    pub detail: String,
+    /// Persons whose records the call disclosed (a list, an export).
+    pub disclosed: Vec<PersonKey>,
+    /// Who; `None`: the actor of the call this thread serves (see [`crate::staff::actor`]).
+    pub actor: Option<crate::staff::Actor>,
+}
+
+impl AuditNote {
+    pub fn new(action: &str, person: Option<&PersonKey>) -> Self {
+        Self { action: action.to_owned(), person: person.copied(), ..Default::default() }
+    }
+}
+
 /// One atomic change in the making: the batch, the records it changed (read back by
 /// later steps of the same change), and what to do once it is durable.
 pub(super) struct Txn<'a> {
@@ -82,7 +101,7 @@ pub(super) struct Txn<'a> {
     persons: HashMap<PersonKey, PersonRecord>,
     out: HashMap<String, OutChannel>,
     log: Vec<LogRecord>,
-    audit: Vec<(String, Option<PersonKey>)>,
+    audit: Vec<AuditNote>,
     wake: BTreeSet<String>,
     certificates_refused: u64,
     /// Envelopes of this change that no peer would accept: the change is not committed.
@@ -112,8 +131,16 @@ impl<'a> Txn<'a> {
         self.within_reserve = true;
     }
 
+    /// Audits `action` on `person`, by the actor of the call being served (if any).
     pub fn audit(&mut self, action: &str, person: Option<&PersonKey>) {
-        self.audit.push((action.to_owned(), person.copied()));
+        self.audit_note(AuditNote::new(action, person));
+    }
+
+    pub fn audit_note(&mut self, mut note: AuditNote) {
+        if note.actor.is_none() {
+            note.actor = crate::staff::actor::current();
+        }
+        self.audit.push(note);
     }
 
     pub fn log(&mut self, record: LogRecord) {
@@ -256,13 +283,21 @@ impl Registry {
         let mut audit = writer.audit.clone();
         let mut entries = Vec::with_capacity(txn.audit.len());
         let at_ms = self.clock.now().timestamp_millis();
-        for (action, person) in &txn.audit {
+        for note in std::mem::take(&mut txn.audit) {
+            let actor = note.actor.unwrap_or_default();
             let entry = AuditEntry {
                 seq: audit.seq + 1,
                 at_ms,
-                action: action.clone(),
-                person_key: person.map(|k| k.0.to_vec()).unwrap_or_default(),
+                action: note.action,
+                person_key: note.person.map(|k| k.0.to_vec()).unwrap_or_default(),
                 prev_hash: audit.hash.clone(),
+                staff: actor.staff,
+                acting_for: actor.acting_for,
+                role: actor.role,
+                purpose: actor.purpose,
+                call: actor.call,
+                detail: note.detail,
+                disclosed: note.disclosed.iter().map(|k| k.0.to_vec()).collect(),
             };
             audit = AuditHead { seq: entry.seq, hash: super::audit_hash(&entry) };
             entries.push(entry);

@@ -133,6 +133,7 @@ impl Registry {
             "" => None,
             raw => Some(parse_page_token(raw)?),
         };
+        let township = self.township_filter(&req.township)?;
         let deadlines = self.deadlines();
         let mut list = List { today, before, items: Vec::new() };
         let mut unreadable = 0u32;
@@ -144,6 +145,9 @@ impl Registry {
         let mut ids: HashMap<PersonKey, String> = HashMap::new();
         for item in self.store.persons_after(None) {
             let (key, record) = item?;
+            if township.as_ref().is_some_and(|t| !record.division.starts_with(t.as_str())) {
+                continue;
+            }
             let secret = match self.open(&key, &record) {
                 Ok(secret) => secret,
                 Err(error) => {
@@ -157,6 +161,9 @@ impl Registry {
             ids.insert(key, secret.id_number);
         }
         for (key, records) in &reports {
+            if township.is_some() && !ids.contains_key(key) {
+                continue;
+            }
             for (report_key, stored) in records {
                 let period = Period::from_index(report_key.period).to_string();
                 let item = pb::WorkItem {

@@ -18,7 +18,9 @@ pub const REPORT_IDS: &str = "report_ids";
 pub const STATEMENTS: &str = "statements";
 /// Every read or write of personal data, hash-chained.
 pub const AUDIT: &str = "audit";
+/// Staff accounts (`a` ‖ name) and their log-in sessions (`s` ‖ session id).
+pub const STAFF: &str = "staff";
 /// Schema version, audit chain head, directory cache.
 pub const META: &str = "meta";
 
-pub const ALL: [&str; 10] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, REPORT_IDS, STATEMENTS, AUDIT, META];
+pub const ALL: [&str; 11] = [PERSONS, OUTBOX, CHANNELS, LOG, DUE, REPORTS, REPORT_IDS, STATEMENTS, AUDIT, STAFF, META];

@@ -34,7 +34,14 @@ mod tests {
 
     #[test]
     fn values_round_trip_with_their_version() {
-        let entry = AuditEntry { seq: 7, at_ms: 1, action: "read".into(), person_key: vec![1; 32], prev_hash: vec![] };
+        let entry = AuditEntry {
+            seq: 7,
+            at_ms: 1,
+            action: "read".into(),
+            person_key: vec![1; 32],
+            staff: "li.na".into(),
+            ..Default::default()
+        };
         let bytes = encode(&entry);
         assert_eq!(bytes[0], VALUE_VERSION);
         assert_eq!(decode::<AuditEntry>("audit", &bytes).unwrap(), entry);

@@ -439,6 +439,22 @@ impl ReportIdKey {
     }
 }
 
+/// `staff`: an account, `a` ‖ name.
+pub fn staff_account(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(b'a');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `staff`: a session, `s` ‖ session id.
+pub fn staff_session(id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(b's');
+    key.extend_from_slice(id);
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

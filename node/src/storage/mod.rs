@@ -136,7 +136,11 @@ impl Store {
     /// takes no lock): what `ldx-node audit verify` checks.
     pub fn open_read_only(path: &Path, division: &str) -> Result<Self, StorageError> {
         let opts = Options::default();
-        let db = DB::open_cf_for_read_only(&opts, path, cf::ALL, false)?;
+        // A store last written by an older build may lack a newer column family: a read
+        // only opens what is there (and reads nothing from the others).
+        let present = DB::list_cf(&opts, path)?;
+        let cfs = cf::ALL.into_iter().filter(|name| present.iter().any(|p| p == name));
+        let db = DB::open_cf_for_read_only(&opts, path, cfs, false)?;
         let store = Self::over(db, false);
         match store.meta(MetaKey::NodeDivision)? {
             Some(d) if d == division.as_bytes() => Ok(store),
@@ -234,6 +238,41 @@ impl Store {
                 .0;
             Ok((index, codec::decode("audit entry", &v)))
         })
+    }
+
+    pub fn staff(&self, name: &str) -> Result<Option<records::StaffRecord>, StorageError> {
+        self.db
+            .get_cf(self.cf(cf::STAFF), keys::staff_account(name))?
+            .map(|v| codec::decode("staff account", &v))
+            .transpose()
+    }
+
+    /// Every staff account, in name order.
+    pub fn staff_all(&self) -> Result<Vec<records::StaffRecord>, StorageError> {
+        let prefix = keys::staff_account("");
+        self.db
+            .iterator_cf(self.cf(cf::STAFF), IteratorMode::From(&prefix, Direction::Forward))
+            .map_while(|item| match item {
+                Ok((k, v)) if k.starts_with(&prefix) => Some(codec::decode("staff account", &v)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e.into())),
+            })
+            .collect()
+    }
+
+    pub fn session(&self, id: &[u8]) -> Result<Option<records::SessionRecord>, StorageError> {
+        self.db
+            .get_cf(self.cf(cf::STAFF), keys::staff_session(id))?
+            .map(|v| codec::decode("staff session", &v))
+            .transpose()
+    }
+
+    /// Audit entries after index `after`, in order.
+    pub fn audit_after(&self, after: u64) -> impl Iterator<Item = Result<records::AuditEntry, StorageError>> + '_ {
+        let start = keys::AuditKey(after.saturating_add(1)).encode();
+        self.db
+            .iterator_cf(self.cf(cf::AUDIT), IteratorMode::From(&start, Direction::Forward))
+            .map(|item| codec::decode("audit entry", &item?.1))
     }
 
     /// A single-valued `meta` entry, as stored.
@@ -363,6 +402,18 @@ impl Batch<'_> {
             self.inner.put_cf(self.store.cf(cf::AUDIT), keys::AuditKey(entry.seq).encode(), codec::encode(entry));
         }
         self.inner.put_cf(self.store.cf(cf::META), MetaKey::AuditHead.encode(), codec::encode(head));
+    }
+
+    pub fn put_staff(&mut self, record: &records::StaffRecord) {
+        self.inner.put_cf(self.store.cf(cf::STAFF), keys::staff_account(&record.name), codec::encode(record));
+    }
+
+    pub fn put_session(&mut self, id: &[u8], record: &records::SessionRecord) {
+        self.inner.put_cf(self.store.cf(cf::STAFF), keys::staff_session(id), codec::encode(record));
+    }
+
+    pub fn delete_session(&mut self, id: &[u8]) {
+        self.inner.delete_cf(self.store.cf(cf::STAFF), keys::staff_session(id));
     }
 
     /// Whether the batch holds no change yet.

@@ -122,6 +122,74 @@ pub struct AuditEntry {
     /// SHA-256 of the previous entry's encoded value (empty for the first).
     #[prost(bytes = "vec", tag = "5")]
     pub prev_hash: Vec<u8>,
+    /// The staff account that made the call (empty: the node itself, on a peer's envelope
+    /// or its own schedule).
+    #[prost(string, tag = "6")]
+    pub staff: String,
+    /// The absent account `staff` acted for as its deputy.
+    #[prost(string, tag = "7")]
+    pub acting_for: String,
+    /// The role whose scope allowed the call, and the purpose it was served under.
+    #[prost(string, tag = "8")]
+    pub role: String,
+    #[prost(string, tag = "9")]
+    pub purpose: String,
+    /// The API call, e.g. `/ldx.v1.Registry/GetPerson`.
+    #[prost(string, tag = "10")]
+    pub call: String,
+    /// For a refusal: the rule that refused it.
+    #[prost(string, tag = "11")]
+    pub detail: String,
+    /// Persons whose records a list or export disclosed.
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    pub disclosed: Vec<Vec<u8>>,
+}
+
+/// A staff account of this node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StaffRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Role names, see [`crate::staff::StaffRole`].
+    #[prost(string, repeated, tag = "2")]
+    pub roles: Vec<String>,
+    /// A township clerk's 9-digit township.
+    #[prost(string, tag = "3")]
+    pub township: String,
+    /// The account this one deputises for.
+    #[prost(string, tag = "4")]
+    pub deputy_of: String,
+    #[prost(bool, tag = "5")]
+    pub disabled: bool,
+    #[prost(bool, tag = "6")]
+    pub absent: bool,
+    /// Argon2id hash in PHC string form.
+    #[prost(string, tag = "7")]
+    pub password_hash: String,
+    /// Failed log-ins since the last good one.
+    #[prost(uint32, tag = "8")]
+    pub failed_logins: u32,
+    #[prost(int64, tag = "9")]
+    pub locked_until_ms: i64,
+    /// Bumped on disable and password reset: sessions of an older generation are void.
+    #[prost(uint64, tag = "10")]
+    pub generation: u64,
+    #[prost(int64, tag = "11")]
+    pub created_at_ms: i64,
+}
+
+/// A log-in session: what a session token stands for.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The account's generation when the session began.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(int64, tag = "3")]
+    pub issued_at_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub expires_at_ms: i64,
 }
 
 /// Head of the audit chain, kept in `meta` and updated in the same batch as each entry.

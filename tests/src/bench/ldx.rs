@@ -23,7 +23,6 @@ use chrono::NaiveDate;
 use ldx_gateway::synthetic;
 use ldx_proto::v1::{self as pb, ListLogRequest, registry_client::RegistryClient};
 use tokio::time::MissedTickBehavior;
-use tonic::transport::Channel;
 
 use super::sys::{CpuUse, CpuWindow};
 use super::{BenchConfig, ms, rate};
@@ -147,7 +146,10 @@ impl Bench {
         ])
     }
 
-    async fn clients(&self, count: usize) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
+    async fn clients(
+        &self,
+        count: usize,
+    ) -> anyhow::Result<Vec<RegistryClient<ldx_node::staff::client::StaffChannel>>> {
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             out.push(self.cluster.node(DEST).registry().await?);
