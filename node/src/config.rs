@@ -50,6 +50,24 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub reports: ReportsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long personal fields of persons who left are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Years after her move-out (once nothing about her is open) before her personal
+    /// fields are purged; the node checks once a day.
+    #[serde(default = "defaults::retention_years")]
+    pub years: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { years: defaults::retention_years() }
+    }
 }
 
 /// Prometheus metrics.
@@ -282,6 +300,9 @@ mod defaults {
     pub fn report_issue_interval_secs() -> u64 {
         600
     }
+    pub fn retention_years() -> u32 {
+        crate::registry::RETENTION_YEARS_DEFAULT
+    }
 }
 
 impl Default for ReportsConfig {
@@ -455,6 +476,13 @@ impl Config {
                 return Err(ConfigError::Invalid { key, value: "0".into(), rule: "must be at least 1".into() });
             }
         }
+        if !(1..=50).contains(&self.retention.years) {
+            return Err(ConfigError::Invalid {
+                key: "retention.years",
+                value: self.retention.years.to_string(),
+                rule: "must be from 1 to 50".into(),
+            });
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| ConfigError::Invalid {
             key: "log.level",
             value: self.log.level.clone(),
@@ -581,6 +609,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         deadlines: DeadlineConfig::default(),
         metrics: MetricsConfig::default(),
         reports: ReportsConfig::default(),
+        retention: RetentionConfig::default(),
     })
     .expect("the config serialises to a table");
     for (var, raw) in env {
@@ -691,6 +720,7 @@ mod tests {
                 ("LDX_DEADLINES__REPORT_DAYS", "12"),
                 ("LDX_DEADLINES__VERDICT_DAYS", "14"),
                 ("LDX_REPORTS__ISSUE_INTERVAL_SECS", "0"),
+                ("LDX_RETENTION__YEARS", "5"),
                 ("LDX_METRICS__LISTEN", "127.0.0.1:9301"),
                 ("LDX_CONFIG", "ignored"),
                 ("PATH", "ignored"),
@@ -730,12 +760,13 @@ mod tests {
         assert_eq!(config.deadlines.report_days, 12);
         assert_eq!(config.deadlines.verdict_days, 14);
         assert_eq!(config.reports.issue_interval_secs, 0);
+        assert_eq!(config.retention.years, 5);
         assert_eq!(config.metrics_addr().unwrap().unwrap().port(), 9301);
 
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 34, "a new config key needs an override case above");
+        assert_eq!(count, 35, "a new config key needs an override case above");
     }
 
     #[test]
@@ -753,6 +784,11 @@ mod tests {
             ("division = \"410103007\"\n[peer]\nlisten = \"x\"\n", vec![], "config key peer.listen"),
             ("division = \"410103007\"\n[directory]\ngateway = \"10.0.0.1\"\n", vec![], "config key directory.gateway"),
             ("division = \"410103007\"\n", vec![("LDX_EXCHANGE__INFLIGHT_BATCHES", "0")], "exchange.inflight_batches"),
+            (
+                "division = \"410103007\"\n[retention]\nyears = 0\n",
+                vec![],
+                "config key retention.years: \"0\" must be from 1 to 50",
+            ),
         ];
         for (text, vars, expected) in cases {
             let path = write(dir.path(), text);

@@ -189,7 +189,9 @@ pub async fn run_with_peer(
     private_dir(&config.data_dir)?;
     let store =
         Arc::new(Store::open(&config.data_dir, division.as_str(), config.storage.sync_writes).map_err(store_error)?);
-    let mut registry = Registry::new(store.clone(), data_key, salt, clock, division.clone()).map_err(store_error)?;
+    let mut registry = Registry::new(store.clone(), data_key, salt, clock, division.clone())
+        .map_err(store_error)?
+        .with_retention_years(config.retention.years);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // The disk watch stops the node when the store cannot write again after space returned.
@@ -239,6 +241,7 @@ pub async fn run_with_peer(
         let every = Duration::from_secs(config.reports.issue_interval_secs);
         tokio::spawn(issue_reports_every(registry.clone(), every, stop_rx.clone()));
     }
+    tokio::spawn(retention_daily(registry.clone(), stop_rx.clone()));
 
     // Bound before the monitor is made, so every status names the bound /metrics address.
     let metrics_listener = match config.metrics_addr()? {
@@ -366,6 +369,31 @@ async fn issue_reports_every(registry: Arc<Registry>, every: Duration, mut stop:
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// The retention job: purges what is due a minute after start, then once a day (an hour
+/// after a failed run).
+async fn retention_daily(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let job = registry.clone();
+        let hours = match tokio::task::spawn_blocking(move || job.run_retention(false)).await {
+            Ok(Ok(_)) => 24,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "retention job failed; retrying in an hour");
+                1
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention job panicked; retrying in an hour");
+                1
+            }
+        };
+        wait = Duration::from_secs(hours * 3600);
     }
 }
 

@@ -21,6 +21,7 @@ mod assessment;
 mod flows;
 mod outbox;
 mod reports;
+mod retention;
 mod staff;
 mod sync;
 mod work;
@@ -29,8 +30,10 @@ pub use apply::{ApplyError, ApplyOutcome};
 pub use assessment::indicator;
 pub use outbox::{OUTBOX_PAGE_SIZE_DEFAULT, OUTBOX_PAGE_SIZE_MAX, SET_ASIDE_REASON_MAX};
 pub use reports::{KeyLookup, REPORT_PAGE_SIZE_DEFAULT, REPORT_PAGE_SIZE_MAX, ReportCount, ReportHooks};
+pub use retention::{RETENTION_LISTED_MAX, RETENTION_YEARS_DEFAULT};
 pub use staff::{
-    AUDIT_PAGE_MAX, AuditFilter, NewStaff, Session, StaffChange, StaffError, account_view, new_password, since_ms,
+    AUDIT_PAGE_MAX, AuditFilter, LOGIN_FAILURES_MAX, NewStaff, Session, StaffChange, StaffError, account_view,
+    new_password, since_ms,
 };
 pub use sync::{AckError, ExchangeHooks, Router, body_kind, due};
 use sync::{AuditNote, Txn};
@@ -67,6 +70,11 @@ pub enum RegistryError {
     NotSyncing,
     #[error("she is not registered in township {township}, the only one this account may see")]
     OutsideTownship { township: String },
+    #[error(
+        "her personal fields were purged on {on} under the retention rule (retention.years after she moved out); \
+         only counts remain"
+    )]
+    Purged { on: NaiveDate },
 }
 
 /// Holds the commit order: changes are prepared and written to the store one at a time
@@ -105,6 +113,8 @@ pub struct Registry {
     durable: Mutex<Durable>,
     exchange: Option<ExchangeHooks>,
     reports: Option<ReportHooks>,
+    /// `retention.years`: see [`Registry::run_retention`].
+    retention_years: u32,
 }
 
 /// Binds the store to its data key. The store keeps a keyed check value of the key it was
@@ -152,7 +162,18 @@ impl Registry {
         let certificates_refused = store.certificates_refused()?;
         let durable = Mutex::new(Durable { out: out.clone(), certificates_refused });
         let writer = Mutex::new(Writer { audit, out, log_head, certificates_refused });
-        Ok(Self { store, data_key, salt, clock, division, writer, durable, exchange: None, reports: None })
+        Ok(Self {
+            store,
+            data_key,
+            salt,
+            clock,
+            division,
+            writer,
+            durable,
+            exchange: None,
+            reports: None,
+            retention_years: RETENTION_YEARS_DEFAULT,
+        })
     }
 
     pub fn division(&self) -> &Division {
@@ -222,7 +243,8 @@ impl Registry {
         let key = self.salt.person_key(m.id.as_str());
         let mut earlier = PersonSecret::default();
         if let Some(existing) = self.txn_person(txn, &key)? {
-            let secret = self.open(&key, &existing)?;
+            // After a purge nothing of her is known here but counts: she starts afresh.
+            let secret = self.open_or_purged(&key, &existing)?;
             if existing.status == pb::PersonStatus::Active as i32 {
                 if same_move_in(&existing, &secret, m) {
                     if txn.batch.is_empty() {
@@ -261,6 +283,7 @@ impl Registry {
             updated_at_ms: self.clock.now().timestamp_millis(),
             sealed: self.seal(&key, &secret),
             sync: None,
+            purged_day: None,
         };
         if m.role != crate::domain::Role::Origin {
             // A notice is a few hundred bytes (every field is bounded): never over the
@@ -370,6 +393,9 @@ impl Registry {
             self.audit_refusal(crate::staff::actor::current().unwrap_or_default(), Some(&key), &rule)?;
             return Err(RegistryError::OutsideTownship { township: township.to_owned() });
         }
+        if record.sealed.is_empty() {
+            self.commit_audit(self.lock(), self.store.batch(), "read_purged", Some(&key))?;
+        }
         let secret = self.open(&key, &record)?;
         self.commit_audit(self.lock(), self.store.batch(), "read", Some(&key))?;
         Ok(self.view(&record, secret))
@@ -399,7 +425,8 @@ impl Registry {
                 && category.is_none_or(|c| c == record.category)
                 && status.is_none_or(|s| s == record.status)
                 && township.as_ref().is_none_or(|t| record.division.starts_with(t.as_str()));
-            if !matches {
+            // A purged record has no fields to show: it is counted, never listed.
+            if !matches || record.sealed.is_empty() {
                 continue;
             }
             if persons.len() == page_size {
@@ -448,10 +475,23 @@ impl Registry {
         self.data_key.seal(&PersonRecordKey(*key).encode(), &plain)
     }
 
+    /// Her personal fields; [`RegistryError::Purged`] once retention removed them.
     fn open(&self, key: &PersonKey, record: &PersonRecord) -> Result<PersonSecret, RegistryError> {
+        if record.sealed.is_empty() {
+            return Err(RegistryError::Purged { on: from_day_number(record.purged_day.unwrap_or_default()) });
+        }
         let plain = self.data_key.open(&PersonRecordKey(*key).encode(), &record.sealed)?;
         PersonSecret::decode(plain.as_slice())
             .map_err(|e| StorageError::Corrupt { what: "person record", detail: e.to_string() }.into())
+    }
+
+    /// Her personal fields, or none once purged: for a change that starts her record
+    /// afresh (a new move-in, a peer's notice) rather than one that needs what was there.
+    fn open_or_purged(&self, key: &PersonKey, record: &PersonRecord) -> Result<PersonSecret, RegistryError> {
+        match record.sealed.is_empty() {
+            true => Ok(PersonSecret::default()),
+            false => self.open(key, record),
+        }
     }
 
     /// Adds the audit entry for this access to `batch` and commits it; the in-memory chain

@@ -16,6 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 pub mod bench;
 pub mod cluster;
 pub mod fault;
+pub mod pair;
 pub mod staff;
 
 /// How long a node may take to start serving.

@@ -143,6 +143,12 @@ async fn each_role_does_what_it_may_and_the_audit_names_who() -> anyhow::Result<
     assert_eq!(full["phone"], a.phone.as_str());
     let e = adm.refused(&["person", "show", id]);
     assert!(e.contains("PermissionDenied") && e.contains("account \"adm\" (roles admin)"), "{e}");
+    // Retention is the admin's: a dry run lists nobody yet (no one has moved out); a
+    // registrar may not run it.
+    let dry = adm.json(&["retention", "run", "--dry-run"]);
+    assert_eq!((dry["dry_run"].as_bool(), dry["total"].as_u64()), (Some(true), Some(0)), "{dry}");
+    let e = reg.refused(&["retention", "run"]);
+    assert!(e.contains("PermissionDenied") && e.contains("needs the role admin"), "{e}");
 
     // Services by the registrar, then by her deputy once (and only once) she is absent.
     reg.ok(&["service", "add", id, "--date", "2026-03-10", "--details", "check"]);

@@ -12,6 +12,38 @@ use ldx_tests::{Federation, TestNode};
 const NODE: &str = env!("CARGO_BIN_EXE_ldx-node-harness");
 const DIVISION: &str = "410103007";
 
+/// A proxy on loopback to `upstream` that appends every byte it carries, both ways, to
+/// the returned buffer.
+async fn recording_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let wire = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = wire.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let (client, server) = (client.into_split(), server.into_split());
+            for (mut from, mut to) in [(client.0, server.1), (server.0, client.1)] {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        recorded.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    (addr, wire)
+}
+
 /// Rewrites the `[api]` section of `node`'s config to `api`.
 fn set_api(node: &TestNode, api: &str) {
     let path = node.config();
@@ -84,6 +116,37 @@ async fn with_tls_the_cli_reaches_the_staff_api_and_plain_http_does_not() {
     // The clerk logs in over TLS; the session token is kept for the later commands.
     let out = node.login_cli();
     assert!(out.status.success(), "login over TLS: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Logging in again through a proxy that records every byte both ways: neither the
+    // password nor the session token crosses the wire in clear.
+    let upstream = std::fs::read_to_string(&addr_file).unwrap().trim().parse().unwrap();
+    let (proxy, wire) = recording_proxy(upstream).await;
+    let password_file = ldx_tests::staff::password_file(&node.config());
+    let out = tokio::task::spawn_blocking({
+        let (node_bin, config, token) = (NODE, node.config(), node.token_file());
+        let password_file = password_file.clone();
+        move || {
+            Command::new(node_bin)
+                .args(["login", ldx_tests::staff::LAB_STAFF, "--endpoint", &format!("https://{proxy}"), "--config"])
+                .arg(config)
+                .arg("--password-file")
+                .arg(password_file)
+                .env("LDX_TOKEN_FILE", token)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "login through the proxy: {}", String::from_utf8_lossy(&out.stderr));
+    let wire = wire.lock().unwrap().clone();
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let token = std::fs::read_to_string(node.token_file()).unwrap();
+    assert!(wire.len() > 1000 && wire[0] == 0x16, "the recording holds a TLS handshake ({} bytes)", wire.len());
+    for (what, secret) in [("password", password.trim()), ("session token", token.trim())] {
+        assert!(secret.len() >= 12, "{what} is long enough to be found");
+        assert!(!wire.windows(secret.len()).any(|w| w == secret.as_bytes()), "the {what} crossed the wire in clear");
+    }
 
     let person = ldx_gateway::synthetic::person("411421", 1);
     let id =

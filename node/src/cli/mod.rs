@@ -7,6 +7,7 @@ mod ledger;
 mod outbox;
 mod output;
 mod reports;
+mod retention;
 mod staff;
 
 pub use staff::{add_offline as add_staff_offline, add_offline_with as add_staff_offline_with};
@@ -95,6 +96,14 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: outbox::OutboxCommand,
+    },
+    /// Retention: purge the personal fields of persons who moved out more than
+    /// retention.years ago and have nothing open (the node does it daily), or --dry-run.
+    Retention {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: retention::RetentionCommand,
     },
     /// Exit 0 if the node (or a gateway, at its directory address) answers gRPC health
     /// with SERVING within 5 s, else 1: for container and service-manager health checks.
@@ -430,6 +439,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ledger { client, command } => ledger::run(&client, command).await,
         Command::Status { client } => client::channel_status(&client).await,
         Command::Outbox { client, command } => outbox::run(&client, command).await,
+        Command::Retention { client, command } => retention::run(&client, command).await,
         Command::Log { client, after, all } => client::log(&client, after, all).await,
         Command::Health { client } => client::health(&client).await,
         Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(&config),

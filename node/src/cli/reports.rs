@@ -31,6 +31,9 @@ pub enum ReportCommand {
         /// Quarter, e.g. 2026Q1.
         #[arg(long)]
         period: Option<String>,
+        /// Only reports of persons of this 9-digit township.
+        #[arg(long)]
+        township: Option<String>,
     },
     /// At her origin: decide a report that awaits verification (the photo could not be
     /// matched automatically). The signed verdict goes back to her residence.
@@ -57,6 +60,9 @@ pub enum WorkCommand {
         /// every duty falling due this quarter or the next). Overdue items always show.
         #[arg(long)]
         due_before: Option<String>,
+        /// Only items of persons of this 9-digit township.
+        #[arg(long)]
+        township: Option<String>,
     },
 }
 
@@ -159,11 +165,12 @@ pub async fn report(args: &ClientArgs, command: ReportCommand) -> anyhow::Result
             }
             print_reports(&[resp.report.context("the node answered without a report")?], args.json);
         }
-        ReportCommand::List { status: filter, period } => {
+        ReportCommand::List { status: filter, period, township } => {
             let mut req = pb::ListReportsRequest {
                 status: filter.map_or(0, |s| pb::ReportStatus::from(s) as i32),
                 period: period.unwrap_or_default(),
                 page_size: crate::registry::REPORT_PAGE_SIZE_MAX,
+                township: township.unwrap_or_default(),
                 ..Default::default()
             };
             let (mut reports, mut unreadable) = (Vec::new(), 0);
@@ -198,9 +205,13 @@ pub async fn report(args: &ClientArgs, command: ReportCommand) -> anyhow::Result
 
 pub async fn work(args: &ClientArgs, command: WorkCommand) -> anyhow::Result<()> {
     let (mut client, _) = connect(args).await?;
-    let WorkCommand::List { due_before } = command;
+    let WorkCommand::List { due_before, township } = command;
     let asked = due_before.is_some();
-    let mut req = pb::ListWorkRequest { due_before: due_before.unwrap_or_default(), ..Default::default() };
+    let mut req = pb::ListWorkRequest {
+        due_before: due_before.unwrap_or_default(),
+        township: township.unwrap_or_default(),
+        ..Default::default()
+    };
     let mut list = client.list_work(req.clone()).await.map_err(status)?.into_inner();
     // Every page, with the first page's horizon (a later page may not cross midnight).
     req.due_before.clone_from(&list.due_before);

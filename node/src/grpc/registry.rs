@@ -261,6 +261,16 @@ impl registry_server::Registry for RegistryService {
         let set_aside = self.run(&caller, move |r| r.set_aside(&req)).await?;
         Ok(Response::new(pb::SetAsideEnvelopeResponse { set_aside: Some(set_aside) }))
     }
+
+    #[instrument(level = "debug", skip_all, name = "run_retention")]
+    async fn run_retention(
+        &self,
+        request: Request<pb::RunRetentionRequest>,
+    ) -> Result<Response<pb::RunRetentionResponse>, Status> {
+        let caller = caller(&request)?;
+        let dry_run = request.get_ref().dry_run;
+        Ok(Response::new(self.run(&caller, move |r| r.run_retention(dry_run)).await?))
+    }
 }
 
 /// The person as the caller's view shows her.

@@ -8,7 +8,7 @@ use crate::registry::RegistryError;
 pub fn from_registry(err: RegistryError) -> Status {
     let code = match &err {
         RegistryError::Invalid(_) => Code::InvalidArgument,
-        RegistryError::NotFound => Code::NotFound,
+        RegistryError::NotFound | RegistryError::Purged { .. } => Code::NotFound,
         RegistryError::AlreadyRegistered { .. } => Code::AlreadyExists,
         RegistryError::MovedOut { .. } | RegistryError::NotSyncing => Code::FailedPrecondition,
         RegistryError::OutsideTownship { .. } => Code::PermissionDenied,

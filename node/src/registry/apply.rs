@@ -67,7 +67,12 @@ impl From<OpenError> for Fail {
 
 impl From<RegistryError> for Fail {
     fn from(e: RegistryError) -> Self {
-        Self::Error(e)
+        match e {
+            // Nothing of her is left here to change: the envelope cannot take effect, and
+            // must not hold up the channel.
+            RegistryError::Purged { .. } => Self::Refused(e.to_string()),
+            e => Self::Error(e),
+        }
     }
 }
 
@@ -269,7 +274,11 @@ impl Registry {
         let person = n.person.clone().unwrap_or_default();
         let (mut record, mut secret) = match self.txn_person(txn, key)? {
             Some(r) if r.role == pb::Role::Origin as i32 => {
-                let secret = self.open(key, &r)?;
+                // A record purged under retention starts afresh from the notice.
+                let mut secret = self.open_or_purged(key, &r)?;
+                if secret.id_number.is_empty() {
+                    secret.id_number = id.as_str().to_owned();
+                }
                 (r, secret)
             }
             Some(r) => return refuse(format!("she is registered at this node as {}", role_name(r.role))),

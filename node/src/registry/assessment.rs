@@ -105,80 +105,74 @@ impl Registry {
         // Pass over the log: match each start with the answer that closes it.
         let (mut notices_sent, mut queries_sent, mut notices_applied, mut queries_applied) =
             (Started::new(), Started::new(), Started::new(), Started::new());
-        let mut after = 0;
-        loop {
-            let page = self.store.log_after(after, 10_000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = *last;
-            for (_, e) in page {
-                let applied = e.direction == pb::Direction::Applied as i32;
-                let sent = e.direction == pb::Direction::Sent as i32;
-                let key = (e.peer.clone(), e.person_key.clone());
-                match e.kind.as_str() {
-                    "move_in_notice" if sent && in_period(e.at_ms) => {
-                        notices_sent.insert(key, e.at_ms);
-                    }
-                    "move_in_notice" if applied && in_period(e.sent_at_ms) => {
-                        let ok = e.at_ms - e.sent_at_ms <= NOTICE_DAYS * DAY_MS;
+        self.each_log_record(|e| {
+            let applied = e.direction == pb::Direction::Applied as i32;
+            let sent = e.direction == pb::Direction::Sent as i32;
+            let key = (e.peer.clone(), e.person_key.clone());
+            match e.kind.as_str() {
+                "move_in_notice" if sent && in_period(e.at_ms) => {
+                    notices_sent.insert(key, e.at_ms);
+                }
+                "move_in_notice" if applied && in_period(e.sent_at_ms) => {
+                    let ok = e.at_ms - e.sent_at_ms <= NOTICE_DAYS * DAY_MS;
+                    counts.push((
+                        e.peer.clone(),
+                        indicator::NOTICE_TIMELINESS,
+                        Outcome::of(ok),
+                        hex::encode(&e.person_key),
+                    ));
+                    notices_applied.insert(key, e.at_ms);
+                }
+                "move_in_feedback" if applied => {
+                    if let Some(start) = notices_sent.remove(&key) {
+                        let ok = e.at_ms - start <= NOTICE_DAYS * DAY_MS;
                         counts.push((
                             e.peer.clone(),
                             indicator::NOTICE_TIMELINESS,
                             Outcome::of(ok),
                             hex::encode(&e.person_key),
                         ));
-                        notices_applied.insert(key, e.at_ms);
+                        let ok = e.at_ms - start <= (NOTICE_DAYS + FEEDBACK_DAYS) * DAY_MS;
+                        counts.push((
+                            e.peer.clone(),
+                            indicator::FEEDBACK_TIMELINESS,
+                            Outcome::of(ok),
+                            hex::encode(&e.person_key),
+                        ));
                     }
-                    "move_in_feedback" if applied => {
-                        if let Some(start) = notices_sent.remove(&key) {
-                            let ok = e.at_ms - start <= NOTICE_DAYS * DAY_MS;
-                            counts.push((
-                                e.peer.clone(),
-                                indicator::NOTICE_TIMELINESS,
-                                Outcome::of(ok),
-                                hex::encode(&e.person_key),
-                            ));
-                            let ok = e.at_ms - start <= (NOTICE_DAYS + FEEDBACK_DAYS) * DAY_MS;
-                            counts.push((
-                                e.peer.clone(),
-                                indicator::FEEDBACK_TIMELINESS,
-                                Outcome::of(ok),
-                                hex::encode(&e.person_key),
-                            ));
-                        }
-                    }
-                    "move_in_feedback" if sent => {
-                        if let Some(start) = notices_applied.remove(&key) {
-                            let ok = e.at_ms - start <= FEEDBACK_DAYS * DAY_MS;
-                            counts.push((
-                                e.peer.clone(),
-                                indicator::FEEDBACK_TIMELINESS,
-                                Outcome::of(ok),
-                                hex::encode(&e.person_key),
-                            ));
-                        }
-                    }
-                    "certificate_query" if sent && in_period(e.at_ms) => {
-                        queries_sent.insert(key, e.at_ms);
-                    }
-                    "certificate_query" if applied && in_period(e.sent_at_ms) => {
-                        queries_applied.insert(key, e.sent_at_ms);
-                    }
-                    "certificate_answer" if applied || sent => {
-                        let starts = if applied { &mut queries_sent } else { &mut queries_applied };
-                        if let Some(start) = starts.remove(&key) {
-                            let ok = e.at_ms - start <= i64::from(deadlines.certificate_answer_days) * DAY_MS;
-                            counts.push((
-                                e.peer.clone(),
-                                indicator::CERTIFICATE_ANSWERS,
-                                Outcome::of(ok),
-                                hex::encode(&e.person_key),
-                            ));
-                        }
-                    }
-                    _ => {}
                 }
+                "move_in_feedback" if sent => {
+                    if let Some(start) = notices_applied.remove(&key) {
+                        let ok = e.at_ms - start <= FEEDBACK_DAYS * DAY_MS;
+                        counts.push((
+                            e.peer.clone(),
+                            indicator::FEEDBACK_TIMELINESS,
+                            Outcome::of(ok),
+                            hex::encode(&e.person_key),
+                        ));
+                    }
+                }
+                "certificate_query" if sent && in_period(e.at_ms) => {
+                    queries_sent.insert(key, e.at_ms);
+                }
+                "certificate_query" if applied && in_period(e.sent_at_ms) => {
+                    queries_applied.insert(key, e.sent_at_ms);
+                }
+                "certificate_answer" if applied || sent => {
+                    let starts = if applied { &mut queries_sent } else { &mut queries_applied };
+                    if let Some(start) = starts.remove(&key) {
+                        let ok = e.at_ms - start <= i64::from(deadlines.certificate_answer_days) * DAY_MS;
+                        counts.push((
+                            e.peer.clone(),
+                            indicator::CERTIFICATE_ANSWERS,
+                            Outcome::of(ok),
+                            hex::encode(&e.person_key),
+                        ));
+                    }
+                }
+                _ => {}
             }
-        }
+        })?;
         // Starts still unanswered count as missed once their deadline has passed.
         let open = [
             (indicator::NOTICE_TIMELINESS, &notices_sent, NOTICE_DAYS),

@@ -642,7 +642,15 @@ impl Registry {
     }
 
     pub(super) fn report_view(&self, key: &ReportKey, stored: &ReportRecord) -> Result<pb::Report, RegistryError> {
-        let report = self.open_report(key, stored)?;
+        // Purged under retention: the status and dates stay, the services are gone.
+        let report = match stored.sealed.is_empty() {
+            true => pb::ServiceReport {
+                period: Period::from_index(key.period).to_string(),
+                issued_on: from_day_number(stored.issued_day).to_string(),
+                ..Default::default()
+            },
+            false => self.open_report(key, stored)?,
+        };
         let day = |d: Option<i32>| d.map(|d| from_day_number(d).to_string()).unwrap_or_default();
         Ok(pb::Report {
             report_id: stored.report_id.clone(),

@@ -416,6 +416,17 @@ impl Registry {
         Ok(())
     }
 
+    /// Calls `f` with every message-log entry, in order, read a page at a time.
+    pub(super) fn each_log_record(&self, mut f: impl FnMut(LogRecord)) -> Result<(), StorageError> {
+        let mut after = 0;
+        loop {
+            let page = self.store.log_after(after, 10_000)?;
+            let Some((last, _)) = page.last() else { return Ok(()) };
+            after = *last;
+            page.into_iter().for_each(|(_, e)| f(e));
+        }
+    }
+
     /// Message-log entries after `after`.
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogRecord)>, StorageError> {
         self.store.log_after(after, limit)

@@ -310,3 +310,91 @@ fn a_batch_over_the_limit_is_refused_whole() {
     assert_eq!(err.to_string(), "move_ins: 1001 must hold at most 1000 move-ins");
     assert_eq!(snapshot(&f.store), before);
 }
+
+fn staff_fixture() -> (Fixture, ManualClock) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), "410103007", false).unwrap());
+    let clock = ManualClock::new("2026-11-23T02:00:00Z".parse().unwrap());
+    let registry = Registry::new(
+        store.clone(),
+        DataKey::from_bytes(&[3; 32]),
+        FederationSalt::from_bytes([4; 32]),
+        Arc::new(clock.clone()),
+        Division::parse("division", "410103007").unwrap(),
+    )
+    .unwrap();
+    (Fixture { _dir: dir, store, registry }, clock)
+}
+
+fn new_staff(name: &str, role: &str) -> NewStaff {
+    NewStaff {
+        name: name.into(),
+        roles: vec![role.into()],
+        password: "a long enough password".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_session_expires_ends_on_logout_disable_and_reset_and_bad_accounts_are_refused_by_field() {
+    let (f, clock) = staff_fixture();
+    let r = &f.registry;
+    r.staff_add(&new_staff("li.na", "registrar")).unwrap();
+    let err = r.staff_add(&new_staff("li.na", "verifier")).unwrap_err();
+    assert_eq!(err.to_string(), "name: a staff account \"li.na\" already exists at this node");
+    for (bad, message) in [
+        (NewStaff { roles: vec!["clerk".into()], ..new_staff("wang", "x") }, "role: \"clerk\" is not a role"),
+        (NewStaff { password: "short".into(), ..new_staff("wang", "registrar") }, "password: \"(5 characters)\""),
+        (new_staff("Wang", "registrar"), "name: \"Wang\" must be 2 to 32 characters"),
+        (new_staff("wang", "township-clerk"), "township: \"\" is required for the township-clerk role"),
+        (
+            NewStaff { township: "411421001".into(), ..new_staff("wang", "township-clerk") },
+            "township: \"411421001\" must be a 9-digit township within this node's division 410103007",
+        ),
+        (NewStaff { deputy_of: "nobody".into(), ..new_staff("wang", "registrar") }, "deputy_of: \"nobody\""),
+    ] {
+        let err = r.staff_add(&bad).unwrap_err().to_string();
+        assert!(err.starts_with(message), "{err}");
+    }
+
+    let (token, _, _) = r.login("li.na", "a long enough password", "127.0.0.1").unwrap();
+    assert_eq!(r.session(&token).unwrap().account.name, "li.na");
+    clock.set("2026-11-23T12:00:01Z".parse().unwrap());
+    assert!(matches!(r.session(&token), Err(StaffError::Expired(_))), "a session lasts 10 hours");
+
+    let (token, _, _) = r.login("li.na", "a long enough password", "127.0.0.1").unwrap();
+    r.logout(&r.session(&token).unwrap().id).unwrap();
+    assert!(matches!(r.session(&token), Err(StaffError::SessionEnded)));
+
+    let (token, _, _) = r.login("li.na", "a long enough password", "127.0.0.1").unwrap();
+    r.staff_update("li.na", StaffChange::Reset, "another long password").unwrap();
+    assert!(matches!(r.session(&token), Err(StaffError::SessionEnded)));
+    assert!(matches!(r.login("li.na", "a long enough password", "x"), Err(StaffError::BadLogin)));
+    let (token, _, _) = r.login("li.na", "another long password", "127.0.0.1").unwrap();
+    r.staff_update("li.na", StaffChange::Disable, "").unwrap();
+    assert!(matches!(r.session(&token), Err(StaffError::SessionEnded)));
+    assert!(matches!(r.login("li.na", "another long password", "x"), Err(StaffError::Disabled(_))));
+    r.staff_update("li.na", StaffChange::Enable, "").unwrap();
+    assert!(r.login("li.na", "another long password", "x").is_ok());
+}
+
+#[test]
+fn five_wrong_passwords_lock_the_account_for_a_while_and_every_attempt_is_audited() {
+    let (f, clock) = staff_fixture();
+    let r = &f.registry;
+    r.staff_add(&new_staff("li.na", "registrar")).unwrap();
+    let before = f.store.audit_head().unwrap().seq;
+    for _ in 0..LOGIN_FAILURES_MAX {
+        assert!(matches!(r.login("li.na", "wrong guess", "10.0.0.9"), Err(StaffError::BadLogin)));
+    }
+    let err = r.login("li.na", "a long enough password", "10.0.0.9").unwrap_err();
+    assert!(err.to_string().starts_with("account \"li.na\" is locked after 5 failed log-ins until"), "{err}");
+    assert!(matches!(r.login("nobody", "x", "10.0.0.9"), Err(StaffError::BadLogin)));
+    let entries: Vec<_> = f.store.audit_after(before).map(Result::unwrap).collect();
+    assert_eq!(entries.len(), 7);
+    assert!(entries.iter().all(|e| e.action == "login_failed" && e.detail.contains("10.0.0.9")), "{entries:?}");
+    assert!(entries[4].detail.contains("locked until"), "{:?}", entries[4]);
+    assert!(entries[6].detail.starts_with("no such account"));
+    clock.set("2026-11-23T02:16:00Z".parse().unwrap());
+    assert!(r.login("li.na", "a long enough password", "10.0.0.9").is_ok(), "the lock lifts after 15 minutes");
+}

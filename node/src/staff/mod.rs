@@ -135,6 +135,7 @@ pub const CALL_SCOPES: &[(&str, &[Scope])] = &[
     ("/ldx.v1.Registry/ListWork", &[Scope::ReadRecords]),
     ("/ldx.v1.Registry/ListOutbox", &[Scope::OperateNode]),
     ("/ldx.v1.Registry/SetAsideEnvelope", &[Scope::OperateNode]),
+    ("/ldx.v1.Registry/RunRetention", &[Scope::OperateNode]),
     ("/ldx.v1.Monitor/Status", &[Scope::OperateNode, Scope::ReadCounts]),
     ("/ldx.v1.Monitor/ListLog", &[Scope::OperateNode]),
     ("/ldx.v1.Assessment/Statements", &[Scope::ReadCounts]),
@@ -204,16 +205,14 @@ impl View {
     }
 }
 
-/// The rules of a staff account name: what `staff add` checks.
+/// The rule of a staff account name, as `staff add` checks it: `Err` holds the rule.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = (2..=32).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
         && name.starts_with(|c: char| c.is_ascii_lowercase());
     match ok {
         true => Ok(()),
-        false => Err(format!(
-            "name: {name:?} must be 2 to 32 characters of a-z, 0-9, '.', '-' or '_', starting with a letter"
-        )),
+        false => Err("must be 2 to 32 characters of a-z, 0-9, '.', '-' or '_', starting with a letter".to_owned()),
     }
 }
 

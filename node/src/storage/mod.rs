@@ -314,6 +314,20 @@ impl Store {
         }
     }
 
+    /// Rewrites the column families that hold sealed personal data (persons, reports,
+    /// outbox) and flushes every memtable, so values overwritten or deleted before, such
+    /// as purged fields, leave the SST files and the write-ahead log.
+    pub fn compact_personal(&self) -> Result<(), StorageError> {
+        let cfs: Vec<_> = cf::ALL.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        for name in [cf::PERSONS, cf::REPORTS, cf::OUTBOX] {
+            let mut options = rocksdb::CompactOptions::default();
+            options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &options);
+        }
+        Ok(())
+    }
+
     /// The error of the last failed write, while writes fail; after a failed WAL sync, that
     /// error for good (only a restart tells what is durable).
     pub fn write_failure(&self) -> Option<String> {

@@ -37,6 +37,9 @@ pub struct PersonRecord {
     /// What the exchange with other nodes has brought about for her here.
     #[prost(message, optional, tag = "12")]
     pub sync: Option<SyncRecord>,
+    /// The day retention purged her personal fields: `sealed` is empty from then on.
+    #[prost(int32, optional, tag = "13")]
+    pub purged_day: Option<i32>,
 }
 
 /// Exchange state of a person at this node.
@@ -308,4 +311,7 @@ pub struct ReportRecord {
     /// The other node: her origin's (at the issuer) or the issuer (at the origin).
     #[prost(string, tag = "10")]
     pub peer: String,
+    /// The day retention purged the report's content (`sealed` and `detail` are empty).
+    #[prost(int32, optional, tag = "11")]
+    pub purged_day: Option<i32>,
 }
