@@ -127,7 +127,6 @@ pub enum RejectArg {
     PhotoMismatch,
     DuplicatePeriod,
     Malformed,
-    Late,
 }
 
 impl From<ReportStatusArg> for pb::ReportStatus {
@@ -149,7 +148,6 @@ impl From<RejectArg> for pb::RejectReason {
             RejectArg::PhotoMismatch => Self::PhotoMismatch,
             RejectArg::DuplicatePeriod => Self::DuplicatePeriod,
             RejectArg::Malformed => Self::Malformed,
-            RejectArg::Late => Self::Late,
         }
     }
 }
@@ -332,7 +330,7 @@ fn print_reports(reports: &[pb::Report], as_json: bool) {
                     "report_id": r.report_id, "period": r.period, "issuer": r.issuer, "origin": r.origin,
                     "person_key": r.person_key, "issued_on": r.issued_on, "status": status_name(r.status),
                     "reason": reason_name(r.reason), "detail": r.detail, "received_on": r.received_on,
-                    "verdict_on": r.verdict_on, "issued_here": r.issued_here,
+                    "verdict_on": r.verdict_on, "issued_here": r.issued_here, "late": r.late,
                     "services": r.services.iter().map(|s| json!({ "date": s.date, "details": s.details })).collect::<Vec<_>>(),
                 })
             })
@@ -349,7 +347,7 @@ fn print_reports(reports: &[pb::Report], as_json: bool) {
                 r.period.clone(),
                 r.issuer.clone(),
                 r.origin.clone(),
-                r.issued_on.clone(),
+                if r.late { format!("{} (late)", r.issued_on) } else { r.issued_on.clone() },
                 status_name(r.status).to_owned(),
                 reason_name(r.reason).to_owned(),
                 r.verdict_on.clone(),

@@ -353,16 +353,20 @@ fn two_quarters_of_reports_are_issued_verified_and_answered() {
 }
 
 #[test]
-fn reports_signed_or_sent_by_the_wrong_node_or_late_are_rejected() {
+fn reports_signed_or_sent_by_the_wrong_node_are_rejected_and_late_ones_judged_on_their_merits() {
     let f = Federation::new("2026-03-02");
     let (r1, r2, origin) = (f.at(R1), f.at(R2), f.at(ORIGIN));
     r1.move_in(&move_in(1, R1, "2026-03-01")).unwrap();
     r2.move_in(&move_in(2, R2, "2026-03-01")).unwrap();
+    r2.move_in(&move_in(4, R2, "2026-03-01")).unwrap();
     f.deliver(R1, ORIGIN);
     f.deliver(R2, ORIGIN);
     photo(r2, 2, 2);
+    photo(r2, 4, 4);
+    photo(origin, 4, 4);
     f.set_today("2026-03-08");
     check(r2, 2, "2026-03-08");
+    check(r2, 4, "2026-03-08");
 
     let genuine = |issuer: &str, n: u32, period: &str, key: &SignKey| {
         let mut r = pb::ServiceReport {
@@ -406,19 +410,41 @@ fn reports_signed_or_sent_by_the_wrong_node_or_late_are_rejected() {
     assert!(verdicts.iter().all(|v| !v.qualified));
     assert!(served(origin, 2).is_empty());
 
-    // Issued after the window (10 days after the quarter) closed: late.
+    // Issued after the window (10 days after the quarter) closed: the residence was late,
+    // not she. The genuine report is qualified on its merits and marks her quarter served;
+    // the verdict says it was late, and the report return counts it against the residence.
     f.set_today("2026-04-20");
-    r2.issue_report(&pb::IssueReportRequest { id_number: id(2), period: "2026Q1".into() }).unwrap();
+    let (issued, _) = r2.issue_report(&pb::IssueReportRequest { id_number: id(4), period: "2026Q1".into() }).unwrap();
+    assert!(issued.late, "the residence knows it issues late");
     f.deliver(R2, ORIGIN);
     let late = verdicts_to(&f, R2).pop().unwrap();
-    assert_eq!(late.reason(), Why::Late);
-    assert!(late.detail.contains("closed on 2026-04-10"), "{late:?}");
+    assert!(late.qualified && late.late, "{late:?}");
+    assert_eq!(served(origin, 4), ["2026Q1"]);
     f.deliver(ORIGIN, R2);
-    assert_eq!(reports_of(r2, 2), [("2026Q1".into(), R2.into(), St::Rejected, Why::Late)]);
+    assert_eq!(reports_of(r2, 4), [("2026Q1".into(), R2.into(), St::Qualified, Why::Unspecified)]);
+    let listed = r2.list_reports(&pb::ListReportsRequest::default()).unwrap().reports;
+    assert!(listed.iter().any(|r| r.late && r.status() == St::Qualified), "{listed:?}");
+    let period = crate::domain::Period::parse("period", "2026Q1").unwrap();
+    for (registry, counterpart) in [(r2, ORIGIN), (origin, R2)] {
+        let statements = registry.assessment(period).unwrap();
+        let statement = statements.iter().find(|s| s.counterpart == counterpart).unwrap();
+        let ret = statement.indicators.iter().find(|i| i.name == "report_return").unwrap();
+        assert!(ret.on_time < ret.total, "the late report is a miss of report return: {ret:?}");
+    }
+    // An operator may not reject a report for lateness either.
+    let err = origin
+        .verify_report(&pb::VerifyReportRequest {
+            report_id: late.report_id.clone(),
+            accept: false,
+            reason: Why::Late as i32,
+            detail: String::new(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("is no ground to reject"), "{err}");
 
     // A verdict signed by anyone but the origin is refused at the residence, unapplied.
     let mut forged = pb::ReportVerdict {
-        report_id: report_id(r2, 2, "2026Q1", R2),
+        report_id: report_id(r2, 4, "2026Q1", R2),
         period: "2026Q1".into(),
         verifier: ORIGIN.into(),
         qualified: true,
@@ -426,7 +452,7 @@ fn reports_signed_or_sent_by_the_wrong_node_or_late_are_rejected() {
         ..Default::default()
     };
     ldx_proto::report::sign_verdict(&mut forged, &f.nodes[R1].key);
-    let key = origin.salt.person_key(&id(2));
+    let key = origin.salt.person_key(&id(4));
     {
         let writer = origin.lock();
         let mut txn = Txn::new(origin.store.batch());
@@ -435,7 +461,7 @@ fn reports_signed_or_sent_by_the_wrong_node_or_late_are_rejected() {
     }
     let outcome = f.deliver(ORIGIN, R2);
     assert_eq!((outcome.applied, outcome.refused), (0, 1));
-    assert_eq!(reports_of(r2, 2), [("2026Q1".into(), R2.into(), St::Rejected, Why::Late)], "unchanged");
+    assert_eq!(reports_of(r2, 4), [("2026Q1".into(), R2.into(), St::Qualified, Why::Unspecified)], "unchanged");
 }
 
 /// Verdicts waiting on the channel from the origin to `to`, in order.

@@ -258,6 +258,7 @@ impl Registry {
             sealed: self.seal_report(&report_key, &report),
             status: pb::ReportStatus::Issued as i32,
             issued_day: day_number(today),
+            late: today > add_days(period.last_day(), self.deadlines().report_days),
             peer: origin.clone(),
             ..Default::default()
         };
@@ -340,6 +341,15 @@ impl Registry {
         if !req.accept && reason == pb::RejectReason::Unspecified {
             return Err(InvalidField::new("reason", "", "is required to reject a report").into());
         }
+        if reason == pb::RejectReason::Late {
+            return Err(InvalidField::new(
+                "reason",
+                reason.as_str_name(),
+                "is no ground to reject: a late report is judged on its merits, and the lateness counts \
+                 against her residence, not her",
+            )
+            .into());
+        }
         let detail = crate::domain::fields::optional_text("detail", &req.detail, 200, false)?;
         let writer = self.lock();
         let found = self.store.reports_with_id(&req.report_id)?.into_iter().find(|(_, r)| !r.issued_here);
@@ -415,7 +425,7 @@ impl Registry {
             person.updated_at_ms = self.clock.now().timestamp_millis();
             txn.put_person(&report_key.person, person);
         }
-        let verdict = self.signed_verdict(hooks, report, qualified, reason, detail);
+        let verdict = self.signed_verdict(hooks, report, qualified, reason, detail, stored.late);
         self.enqueue(writer, txn, &stored.peer, &report_key.person, Body::ReportVerdict(verdict));
         Ok(())
     }
@@ -428,6 +438,7 @@ impl Registry {
         qualified: bool,
         reason: pb::RejectReason,
         detail: String,
+        late: bool,
     ) -> pb::ReportVerdict {
         let mut verdict = pb::ReportVerdict {
             report_id: report.report_id.clone(),
@@ -438,6 +449,7 @@ impl Registry {
             detail,
             decided_on: self.clock.today().to_string(),
             signature: Vec::new(),
+            late,
         };
         ldx_proto::report::sign_verdict(&mut verdict, &hooks.signer);
         verdict
@@ -467,6 +479,10 @@ impl Registry {
             ..Default::default()
         };
         let check = self.check_report(txn, hooks, from, key, r, period, today)?;
+        // Issued after the quarter's window: the residence was late, not she. The report is
+        // still checked and qualified on its merits; the verdict says it was late.
+        stored.late = period
+            .is_some_and(|p| from_day_number(stored.issued_day) > add_days(p.last_day(), self.deadlines().report_days));
         // A report is stored once per person, quarter and issuer; a second copy (or one
         // too malformed to file) is answered without replacing what is on file.
         // A report in another node's name is never filed under that node: it must not
@@ -487,7 +503,7 @@ impl Registry {
                     Check::Rejected(reason, detail) => (reason, detail),
                     _ => (pb::RejectReason::DuplicatePeriod, format!("{} was received before", r.report_id)),
                 };
-                let verdict = self.signed_verdict(hooks, r, false, reason, detail);
+                let verdict = self.signed_verdict(hooks, r, false, reason, detail, stored.late);
                 self.enqueue(writer, txn, from, key, Body::ReportVerdict(verdict));
             }
         }
@@ -558,10 +574,6 @@ impl Registry {
                 _ => return reject(Why::Malformed, format!("service {:?} is not a known service in {period}", s.date)),
             }
         }
-        let closes = add_days(period.last_day(), self.deadlines().report_days);
-        if issued > closes {
-            return reject(Why::Late, format!("issued on {issued}; the window for {period} closed on {closes}"));
-        }
         let secret = match &person {
             Some(p) => self.open(key, p)?,
             None => PersonSecret::default(),
@@ -606,6 +618,7 @@ impl Registry {
         stored.status = if v.qualified { pb::ReportStatus::Qualified } else { pb::ReportStatus::Rejected } as i32;
         stored.reason = v.reason;
         stored.detail.clone_from(&v.detail);
+        stored.late = v.late;
         stored.verdict_day = Some(day_number(self.clock.today()));
         txn.batch.put_report(&report_key, &stored);
         txn.audit("apply_report_verdict", Some(key));
@@ -670,6 +683,7 @@ impl Registry {
                 .map(|s| pb::Service { kind: s.kind, date: s.date, details: s.details })
                 .collect(),
             issued_here: stored.issued_here,
+            late: stored.late,
         })
     }
 }

@@ -314,4 +314,7 @@ pub struct ReportRecord {
     /// The day retention purged the report's content (`sealed` and `detail` are empty).
     #[prost(int32, optional, tag = "11")]
     pub purged_day: Option<i32>,
+    /// Issued after the quarter's window closed: counted against the residence, not her.
+    #[prost(bool, tag = "12")]
+    pub late: bool,
 }
