@@ -28,7 +28,7 @@ use crate::{directory, pki, server, synthetic};
 /// Destination street offices in Zhengzhou's Erqi district.
 pub const DESTINATIONS: [&str; 4] = ["410103007", "410103003", "410103008", "410103012"];
 /// Origin counties of the synthetic in-migrants.
-pub const ORIGINS: [&str; 3] = ["411421", "411723", "410122"];
+pub const ORIGINS: [&str; 3] = ["411421", "411723", "411522"];
 /// How long the seeded notices may take to reach their origins.
 const SEED_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a restarting node may wait for its stopped self to let go of its store and

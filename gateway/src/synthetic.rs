@@ -55,6 +55,7 @@ impl Person {
             date: date.to_string(),
             household_division: String::new(),
             urgent: false,
+            reason_of_stay: 0,
         }
     }
 

@@ -140,7 +140,12 @@ pub struct ExchangeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadlineConfig {
-    /// Feedback to a move-in notice.
+    /// A move-in notice reaches her origin, counted from the registration.
+    #[serde(default = "defaults::notice_days")]
+    pub notice_days: u32,
+    /// Feedback to a move-in notice, counted from its arrival at the origin: the
+    /// destination's worklist expects it `notice_days + feedback_days` after registering,
+    /// and the assessment measures both sides by the same two numbers.
     #[serde(default = "defaults::feedback_days")]
     pub feedback_days: u32,
     /// Feedback to a move-in notice marked urgent.
@@ -276,11 +281,14 @@ mod defaults {
     pub fn backoff_max_ms() -> u64 {
         10_000
     }
+    pub fn notice_days() -> u32 {
+        7
+    }
     pub fn feedback_days() -> u32 {
-        30
+        7
     }
     pub fn feedback_urgent_days() -> u32 {
-        15
+        3
     }
     pub fn transfer_days() -> u32 {
         30
@@ -348,6 +356,7 @@ impl Default for ExchangeConfig {
 impl Default for DeadlineConfig {
     fn default() -> Self {
         Self {
+            notice_days: defaults::notice_days(),
             feedback_days: defaults::feedback_days(),
             feedback_urgent_days: defaults::feedback_urgent_days(),
             transfer_days: defaults::transfer_days(),
@@ -463,6 +472,7 @@ impl Config {
             ("exchange.inflight_batches", u64::from(self.exchange.inflight_batches)),
             ("exchange.backoff_initial_ms", self.exchange.backoff_initial_ms),
             ("exchange.backoff_max_ms", self.exchange.backoff_max_ms),
+            ("deadlines.notice_days", u64::from(self.deadlines.notice_days)),
             ("deadlines.feedback_days", u64::from(self.deadlines.feedback_days)),
             ("deadlines.feedback_urgent_days", u64::from(self.deadlines.feedback_urgent_days)),
             ("deadlines.transfer_days", u64::from(self.deadlines.transfer_days)),
@@ -712,6 +722,7 @@ mod tests {
                 ("LDX_EXCHANGE__INFLIGHT_BATCHES", "2"),
                 ("LDX_EXCHANGE__BACKOFF_INITIAL_MS", "5"),
                 ("LDX_EXCHANGE__BACKOFF_MAX_MS", "50"),
+                ("LDX_DEADLINES__NOTICE_DAYS", "4"),
                 ("LDX_DEADLINES__FEEDBACK_DAYS", "20"),
                 ("LDX_DEADLINES__FEEDBACK_URGENT_DAYS", "10"),
                 ("LDX_DEADLINES__TRANSFER_DAYS", "25"),
@@ -752,6 +763,7 @@ mod tests {
         assert_eq!(config.exchange.inflight_batches, 2);
         assert_eq!(config.exchange.backoff_initial_ms, 5);
         assert_eq!(config.exchange.backoff_max_ms, 50);
+        assert_eq!(config.deadlines.notice_days, 4);
         assert_eq!(config.deadlines.feedback_days, 20);
         assert_eq!(config.deadlines.feedback_urgent_days, 10);
         assert_eq!(config.deadlines.transfer_days, 25);
@@ -766,7 +778,7 @@ mod tests {
         // The test above must cover every key of the schema.
         let schema = toml::Table::try_from(&config).unwrap();
         let count: usize = schema.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(count, 35, "a new config key needs an override case above");
+        assert_eq!(count, 36, "a new config key needs an override case above");
     }
 
     #[test]

@@ -264,6 +264,7 @@ impl Columns {
             date: cell("move_in_date"),
             household_division: cell("household_division"),
             urgent: false,
+            reason_of_stay: 0,
         };
         let move_out = match (cell("move_out_date"), cell("next_division")) {
             (date, next) if date.is_empty() && !next.is_empty() => {
@@ -427,6 +428,7 @@ mod tests {
             origin_division: "411723".into(),
             services: Vec::new(),
             sync: None,
+            local_resident: false,
         }
     }
 

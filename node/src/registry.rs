@@ -284,8 +284,11 @@ impl Registry {
             sealed: self.seal(&key, &secret),
             sync: None,
             purged_day: None,
+            local_resident: m.local,
         };
-        if m.role != crate::domain::Role::Origin {
+        // A local resident (her household is in this city) is no floating person: her
+        // origin is not notified and no report cycle runs for her.
+        if m.role != crate::domain::Role::Origin && !m.local {
             // A notice is a few hundred bytes (every field is bounded): never over the
             // envelope limit, so `txn` cannot be refused for it.
             self.notify_move_in(writer, txn, &key, &mut record, &secret, m);
@@ -318,7 +321,7 @@ impl Registry {
         record.next_division = m.next_division.map(|d| d.as_str().to_owned()).unwrap_or_default();
         record.updated_at_ms = self.clock.now().timestamp_millis();
         let mut txn = Txn::new(self.store.batch());
-        if record.role != pb::Role::Origin as i32 {
+        if record.role != pb::Role::Origin as i32 && !record.local_resident {
             self.notify_move_out(&writer, &mut txn, &key, &record);
         }
         txn.put_person(&key, record.clone());
@@ -536,6 +539,7 @@ impl Registry {
         };
         pb::Person {
             sync: Some(sync),
+            local_resident: record.local_resident,
             person_key: hex::encode(&record.person_key),
             id_number: secret.id_number,
             name: secret.name,

@@ -65,6 +65,44 @@ fn a_planted_delay_shows_on_both_sides_and_the_differing_counts_are_flagged() {
     assert!(line.contains("3/5") && line.contains("3/4") && line.ends_with("DISAGREE"), "{line}");
 }
 
+/// The feedback awaited at the street office, as its worklist shows it: (due, overdue).
+fn feedback_item(pair: &Pair, n: u32) -> Option<(String, bool)> {
+    let key = Pair::person_key(n).to_hex();
+    let list = pair.street.work_list(&pb::ListWorkRequest::default()).unwrap();
+    list.items.iter().find(|i| i.kind == "feedback_awaited" && i.person_key == key).map(|i| (i.due.clone(), i.overdue))
+}
+
+fn feedback_figure(registry: &ldx_node::registry::Registry, counterpart: &str) -> (u64, u64, usize) {
+    let statements = registry.assessment(Period::parse("period", "2026Q1").unwrap()).unwrap();
+    let statement = statements.iter().find(|s| s.counterpart == counterpart).unwrap();
+    let f = statement.indicators.iter().find(|i| i.name == "feedback_timeliness").unwrap();
+    (f.total, f.on_time, f.missed.len())
+}
+
+#[test]
+fn the_worklist_and_the_assessment_agree_on_one_feedback_deadline() {
+    // Registered on 5 January: with notice_days 7 and feedback_days 7 the street office
+    // expects her feedback by 19 January.
+    let on_time = Pair::new("2026-01-05");
+    on_time.register(1, "2026-01-05");
+    assert_eq!(feedback_item(&on_time, 1), Some(("2026-01-19".into(), false)));
+    // Her notice and its feedback go through on the last day allowed: in time for both.
+    on_time.set_today("2026-01-19");
+    on_time.exchange();
+    assert_eq!(feedback_item(&on_time, 1), None, "answered: off the worklist");
+    assert_eq!(feedback_figure(&on_time.street, COUNTY), (1, 1, 0));
+
+    // A day later: OVERDUE on the worklist, and missed by the assessment alike.
+    let late = Pair::new("2026-01-05");
+    late.register(1, "2026-01-05");
+    late.set_today("2026-01-20");
+    assert_eq!(feedback_item(&late, 1), Some(("2026-01-19".into(), true)));
+    late.exchange();
+    assert_eq!(feedback_figure(&late.street, COUNTY), (1, 0, 1));
+    // The county answered on the day the notice arrived: its own feedback was in time.
+    assert_eq!(feedback_figure(&late.county, STREET), (1, 1, 0));
+}
+
 fn assess_csv(cluster: &Cluster, period: &str) -> anyhow::Result<String> {
     let out =
         Command::new(GATEWAY).args(["assess", "--csv", "--period", period, "--pki"]).arg(cluster.pki_dir()).output()?;

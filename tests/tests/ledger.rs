@@ -17,7 +17,7 @@ const NODE: &str = env!("CARGO_BIN_EXE_ldx-node-harness");
 const DIVISION: &str = "410103007";
 const ROWS: u32 = 10_000;
 const BAD: u32 = 50;
-const ORIGINS: [&str; 3] = ["411421", "411723", "410122"];
+const ORIGINS: [&str; 3] = ["411421", "411723", "411522"];
 const HEADER: &str =
     "id_number,name,phone,category,role,division,address,move_in_date,household_division,move_out_date,next_division";
 

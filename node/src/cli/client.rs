@@ -37,6 +37,7 @@ pub async fn person(args: &ClientArgs, command: PersonCommand) -> anyhow::Result
                 date: a.date.unwrap_or_else(today),
                 household_division: a.household_division.unwrap_or_default(),
                 urgent: a.urgent,
+                reason_of_stay: a.reason_of_stay.map_or(0, |r| pb::StayReason::from(r) as i32),
             };
             let resp = client.register_move_in(req).await.map_err(status)?.into_inner();
             let person = resp.person.context("the node answered without a person")?;

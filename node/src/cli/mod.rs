@@ -289,6 +289,35 @@ pub struct PersonAddArgs {
     /// Ask her origin for feedback urgently (shorter deadline).
     #[arg(long)]
     pub urgent: bool,
+    /// Why she stays. Short stays (business-trip, medical-care, study, visit) are not in
+    /// scope: the node refuses them.
+    #[arg(long, value_enum)]
+    pub reason_of_stay: Option<StayArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StayArg {
+    Work,
+    Business,
+    Other,
+    BusinessTrip,
+    MedicalCare,
+    Study,
+    Visit,
+}
+
+impl From<StayArg> for pb::StayReason {
+    fn from(s: StayArg) -> Self {
+        match s {
+            StayArg::Work => Self::Work,
+            StayArg::Business => Self::Business,
+            StayArg::Other => Self::Other,
+            StayArg::BusinessTrip => Self::BusinessTrip,
+            StayArg::MedicalCare => Self::MedicalCare,
+            StayArg::Study => Self::Study,
+            StayArg::Visit => Self::Visit,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

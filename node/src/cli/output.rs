@@ -22,6 +22,14 @@ pub fn person(p: &pb::Person, as_json: bool) {
         ("moved out", p.move_out_date.clone()),
         ("next division", p.next_division.clone()),
         ("origin", p.origin_division.clone()),
+        (
+            "local resident",
+            if p.local_resident {
+                "yes: her household is in this city (no notice, no reports)".into()
+            } else {
+                String::new()
+            },
+        ),
     ];
     for (label, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
         println!("{label:<14} {value}");
@@ -146,6 +154,7 @@ fn person_json(p: &pb::Person) -> serde_json::Value {
         "address": p.address,
         "move_in_date": p.move_in_date,
         "move_out_date": p.move_out_date,
+        "local_resident": p.local_resident,
         "next_division": p.next_division,
         "origin_division": p.origin_division,
         "services": p.services.iter().map(|s| json!({

@@ -71,9 +71,11 @@ poll_interval_ms = 5000
 listen = ""
 
 [deadlines]
-# Days allowed for answers.
-feedback_days = 30
-feedback_urgent_days = 15
+# Days allowed: a notice to reach her origin, then the origin's feedback (urgent: the
+# shorter one). The worklist and the assessment use the same numbers.
+notice_days = 7
+feedback_days = 7
+feedback_urgent_days = 3
 transfer_days = 30
 hiring_notice_days = 7
 certificate_answer_days = 7

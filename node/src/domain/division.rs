@@ -74,6 +74,22 @@ impl Division {
         (self.0.len() >= 6).then(|| Division(self.0[..6].to_owned()))
     }
 
+    /// The city whose districts count as one place of residence (seed 000 五: a move
+    /// between districts of one municipality or prefecture-level city is no migration):
+    /// the province for the four municipalities, else the prefecture-level city, and the
+    /// county itself for a county directly under its province (省直辖县级行政区划).
+    pub fn city(&self) -> Division {
+        let code = &self.0;
+        if code.len() <= 2 || matches!(&code[..2], "11" | "12" | "31" | "50") {
+            return Division(code[..2].to_owned());
+        }
+        let prefecture = &code[..4];
+        match index_of(prefecture).map(name_at) {
+            Some(name) if !name.contains("直辖县级") => Division(prefecture.to_owned()),
+            _ => Division(code[..code.len().min(6)].to_owned()),
+        }
+    }
+
     /// Whether `other` lies within this division (or is this division).
     pub fn contains(&self, other: &Division) -> bool {
         other.0.starts_with(&self.0)
@@ -175,5 +191,16 @@ mod tests {
         assert!(street.contains(&street));
         assert!(!county.contains(&other));
         assert!(!street.contains(&county));
+    }
+
+    #[test]
+    fn a_city_is_the_prefecture_the_municipality_or_a_county_under_its_province() {
+        let city = |code: &str| Division::parse("d", code).unwrap().city().as_str().to_owned();
+        assert_eq!(city("410102"), "4101");
+        assert_eq!(city("410103007"), "4101");
+        assert_eq!(city("411421"), "4114");
+        assert_eq!(city("110105"), "11");
+        assert_eq!(city("500101"), city("500229"));
+        assert_eq!(city("419001"), "419001", "济源 is directly under Henan: a city of its own");
     }
 }

@@ -93,6 +93,9 @@ pub struct MoveIn {
     pub household: Division,
     /// Her origin's feedback is needed urgently (the shorter deadline).
     pub urgent: bool,
+    /// Her household registration is in the same city as where she now lives or works: a
+    /// local resident at this node, not a floating one (no notice, no report cycle).
+    pub local: bool,
 }
 
 impl MoveIn {
@@ -122,6 +125,8 @@ impl MoveIn {
             "" => origin.clone(),
             explicit => Division::parse_node_level("household_division", explicit)?,
         };
+        check_stay(req.reason_of_stay)?;
+        let local = role != Role::Origin && household.city() == division.city();
 
         match (role, category) {
             (Role::Origin, Category::OutMigrant) if origin.contains(&division) || division.contains(&origin) => {}
@@ -144,7 +149,36 @@ impl MoveIn {
             }
             _ => {}
         }
-        Ok(Self { id, name, phone, category, role, division, address, date, origin, household, urgent: req.urgent })
+        Ok(Self {
+            id,
+            name,
+            phone,
+            category,
+            role,
+            division,
+            address,
+            date,
+            origin,
+            household,
+            urgent: req.urgent,
+            local,
+        })
+    }
+}
+
+/// Why she stays: any but a short stay, which the floating-population rules leave out
+/// (seed 000 五: 出差、就医、上学、旅游、探亲访友).
+fn check_stay(raw: i32) -> Result<(), InvalidField> {
+    use pb::StayReason as R;
+    match R::try_from(raw) {
+        Ok(R::Unspecified | R::Work | R::Business | R::Other) => Ok(()),
+        Ok(short) => Err(InvalidField::new(
+            "reason_of_stay",
+            short.as_str_name(),
+            "is a short stay (business trip, medical care, study, a visit), which the floating-population \
+             rules leave out: nothing is registered",
+        )),
+        Err(_) => Err(InvalidField::new("reason_of_stay", raw, "must be WORK, BUSINESS or OTHER, or left empty")),
     }
 }
 
@@ -231,6 +265,7 @@ mod tests {
             date: "2026-03-01".into(),
             household_division: String::new(),
             urgent: false,
+            reason_of_stay: 0,
         }
     }
 

@@ -25,10 +25,6 @@ use crate::domain::Period;
 use crate::storage::StorageError;
 use crate::storage::keys::StatementKey;
 
-/// Days a notice may take to reach the origin, and feedback to come back (DESIGN.md).
-pub const NOTICE_DAYS: i64 = 7;
-pub const FEEDBACK_DAYS: i64 = 7;
-
 const DAY_MS: i64 = 86_400_000;
 
 pub mod indicator {
@@ -97,6 +93,8 @@ impl Registry {
     /// node has a signing key.
     pub fn assessment(&self, period: Period) -> Result<Vec<pb::AssessmentStatement>, RegistryError> {
         let deadlines = self.deadlines();
+        // The deadlines the worklist uses: one number per indicator.
+        let (notice_days, feedback_days) = (i64::from(deadlines.notice_days), i64::from(deadlines.feedback_days));
         let now = self.clock.now().timestamp_millis();
         // (counterpart, indicator, met the deadline, the item) for every item measured.
         let mut counts: Vec<(String, &'static str, Outcome, String)> = Vec::new();
@@ -114,7 +112,7 @@ impl Registry {
                     notices_sent.insert(key, e.at_ms);
                 }
                 "move_in_notice" if applied && in_period(e.sent_at_ms) => {
-                    let ok = e.at_ms - e.sent_at_ms <= NOTICE_DAYS * DAY_MS;
+                    let ok = e.at_ms - e.sent_at_ms <= notice_days * DAY_MS;
                     counts.push((
                         e.peer.clone(),
                         indicator::NOTICE_TIMELINESS,
@@ -125,14 +123,14 @@ impl Registry {
                 }
                 "move_in_feedback" if applied => {
                     if let Some(start) = notices_sent.remove(&key) {
-                        let ok = e.at_ms - start <= NOTICE_DAYS * DAY_MS;
+                        let ok = e.at_ms - start <= notice_days * DAY_MS;
                         counts.push((
                             e.peer.clone(),
                             indicator::NOTICE_TIMELINESS,
                             Outcome::of(ok),
                             hex::encode(&e.person_key),
                         ));
-                        let ok = e.at_ms - start <= (NOTICE_DAYS + FEEDBACK_DAYS) * DAY_MS;
+                        let ok = e.at_ms - start <= (notice_days + feedback_days) * DAY_MS;
                         counts.push((
                             e.peer.clone(),
                             indicator::FEEDBACK_TIMELINESS,
@@ -143,7 +141,7 @@ impl Registry {
                 }
                 "move_in_feedback" if sent => {
                     if let Some(start) = notices_applied.remove(&key) {
-                        let ok = e.at_ms - start <= FEEDBACK_DAYS * DAY_MS;
+                        let ok = e.at_ms - start <= feedback_days * DAY_MS;
                         counts.push((
                             e.peer.clone(),
                             indicator::FEEDBACK_TIMELINESS,
@@ -175,8 +173,8 @@ impl Registry {
         })?;
         // Starts still unanswered count as missed once their deadline has passed.
         let open = [
-            (indicator::NOTICE_TIMELINESS, &notices_sent, NOTICE_DAYS),
-            (indicator::FEEDBACK_TIMELINESS, &notices_applied, FEEDBACK_DAYS),
+            (indicator::NOTICE_TIMELINESS, &notices_sent, notice_days),
+            (indicator::FEEDBACK_TIMELINESS, &notices_applied, feedback_days),
             (indicator::CERTIFICATE_ANSWERS, &queries_sent, i64::from(deadlines.certificate_answer_days)),
             (indicator::CERTIFICATE_ANSWERS, &queries_applied, i64::from(deadlines.certificate_answer_days)),
         ];

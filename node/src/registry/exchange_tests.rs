@@ -14,6 +14,8 @@ use crate::domain::id::with_check_digit;
 const DEST: &str = "410103007";
 const WORK: &str = "410103003";
 const ORIGIN: &str = "411421";
+/// 中原区, a district of Zhengzhou like DEST's 二七区.
+const ZHONGYUAN: &str = "410102";
 
 struct Node {
     _dir: tempfile::TempDir,
@@ -27,7 +29,7 @@ fn node(division: &str) -> Node {
     let store = Arc::new(Store::open(dir.path(), division, false).unwrap());
     let clock = Arc::new(ManualClock::new("2026-11-23T02:00:00Z".parse().unwrap()));
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
-    let nodes = [DEST, WORK, ORIGIN, "410103008"];
+    let nodes = [DEST, WORK, ORIGIN, "410103008", ZHONGYUAN];
     let router: Router = Arc::new(move |code: &str| {
         (1..=code.len()).rev().find_map(|n| nodes.iter().find(|d| **d == &code[..n])).map(|d| (*d).to_owned())
     });
@@ -60,6 +62,7 @@ fn move_in(n: u32, division: &str, role: pb::Role) -> pb::RegisterMoveInRequest 
         date: "2026-03-01".into(),
         household_division: String::new(),
         urgent: false,
+        reason_of_stay: 0,
     }
 }
 
@@ -105,7 +108,7 @@ fn a_move_in_notifies_the_origin_which_answers_with_feedback() {
     let (dest, origin) = (node(DEST), node(ORIGIN));
     dest.registry.move_in(&move_in(1, DEST, pb::Role::Residence)).unwrap();
     assert_eq!(sync(&person(&dest, 1)).feedback, "awaiting");
-    assert_eq!(sync(&person(&dest, 1)).feedback_due, "2026-12-23", "30 days by default");
+    assert_eq!(sync(&person(&dest, 1)).feedback_due, "2026-12-07", "7 + 7 days by default");
     assert_eq!(dest.store.due_items().unwrap().len(), 1);
 
     let outcome = deliver(&dest, &origin);
@@ -407,4 +410,53 @@ fn a_set_aside_envelope_lets_the_ones_behind_it_through_and_the_peer_logs_why() 
     assert_eq!(deliver(&dest, &origin).applied_seq, 4);
     let actions: Vec<_> = dest.store.audit_entries().map(|e| e.unwrap().1.unwrap().action).collect();
     assert!(actions.contains(&"outbox_set_aside".to_owned()), "{actions:?}");
+}
+
+#[test]
+fn a_move_between_districts_of_one_city_makes_a_local_resident_and_notifies_no_one() {
+    let dest = node(DEST);
+    // Her household is in 中原区 (410102), and she now lives at 大学路 (410103007): both in
+    // Zhengzhou (4101). Seed 000 五: no floating person.
+    let local = pb::RegisterMoveInRequest {
+        id_number: with_check_digit("41010219900101001"),
+        reason_of_stay: pb::StayReason::Work as i32,
+        ..move_in(1, DEST, pb::Role::Residence)
+    };
+    let (person, created) = dest.registry.move_in(&local).unwrap();
+    assert!(created && person.local_resident, "{person:?}");
+    assert!(pending(&dest, ZHONGYUAN).is_empty(), "no notice to her district");
+    // Someone from 虞城县 (411421, in 商丘) is a floating person: her origin is notified.
+    let (floating, _) = dest.registry.move_in(&move_in(2, DEST, pb::Role::Residence)).unwrap();
+    assert!(!floating.local_resident);
+    assert_eq!(pending(&dest, ORIGIN).len(), 1);
+    // No report cycle for the local resident, no duties on the worklist.
+    let err = dest
+        .registry
+        .issue_report(&pb::IssueReportRequest { id_number: local.id_number.clone(), period: String::new() })
+        .unwrap_err();
+    assert!(err.to_string().contains("is a local resident here"), "{err}");
+    let work = dest.registry.work_list(&pb::ListWorkRequest::default()).unwrap();
+    assert!(work.items.iter().all(|i| i.person_key != person.person_key), "{:?}", work.items);
+    assert!(work.items.iter().any(|i| i.person_key == floating.person_key), "{:?}", work.items);
+    // Her move-out notifies no one either.
+    let out = pb::RegisterMoveOutRequest {
+        id_number: local.id_number.clone(),
+        date: "2026-06-30".into(),
+        ..Default::default()
+    };
+    dest.registry.move_out(&out).unwrap();
+    assert!(pending(&dest, ZHONGYUAN).is_empty());
+
+    // A short stay is out of scope: refused, nothing stored.
+    let visit = pb::RegisterMoveInRequest {
+        reason_of_stay: pb::StayReason::Visit as i32,
+        ..move_in(3, DEST, pb::Role::Residence)
+    };
+    let err = dest.registry.move_in(&visit).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("reason_of_stay") && text.contains("STAY_REASON_VISIT") && text.contains("short stay"),
+        "{text}"
+    );
+    assert!(dest.registry.get(&pb::GetPersonRequest { id_number: id(3) }).is_err());
 }

@@ -33,8 +33,8 @@ impl Registry {
     ) {
         let Some(peer) = self.peer_for(m.origin.as_str()) else { return };
         let deadlines = self.deadlines();
-        let days = if m.urgent { deadlines.feedback_urgent_days } else { deadlines.feedback_days };
-        let feedback_due = add_days(self.clock.today(), days);
+        let answer = if m.urgent { deadlines.feedback_urgent_days } else { deadlines.feedback_days };
+        let feedback_due = add_days(self.clock.today(), deadlines.notice_days + answer);
         let notice = pb::MoveInNotice {
             person: Some(details(secret)),
             role: m.role.to_proto() as i32,

@@ -118,6 +118,7 @@ fn move_in(n: u32, division: &str, date: &str) -> pb::RegisterMoveInRequest {
         date: date.into(),
         household_division: String::new(),
         urgent: false,
+        reason_of_stay: 0,
     }
 }
 
@@ -556,7 +557,7 @@ fn the_worklist_shows_this_quarter_and_the_next_looks_at_most_a_year_ahead_and_p
         got,
         [
             ("health_check", "2026-01-08", "2026Q1"),
-            ("feedback_awaited", "2026-02-04", ""),
+            ("feedback_awaited", "2026-01-19", ""),
             ("health_check", "2026-04-08", "2026Q2"),
             ("report_to_issue", "2026-04-10", "2026Q1"),
         ]

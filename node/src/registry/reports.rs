@@ -154,7 +154,10 @@ impl Registry {
         let mut issued = 0;
         for item in self.store.persons_after(None) {
             let (key, record) = item?;
-            if record.role != pb::Role::Residence as i32 || record.status != pb::PersonStatus::Active as i32 {
+            if record.role != pb::Role::Residence as i32
+                || record.status != pb::PersonStatus::Active as i32
+                || record.local_resident
+            {
                 continue;
             }
             for &period in &periods {
@@ -203,10 +206,18 @@ impl Registry {
         record: &PersonRecord,
         period: Period,
     ) -> Result<ReportRecord, RegistryError> {
+        let hidden = "(not shown)";
+        if record.local_resident {
+            return Err(InvalidField::new(
+                "id_number",
+                hidden,
+                "is a local resident here (her household registration is in this city): no report cycle runs for her",
+            )
+            .into());
+        }
         let Some(hooks) = self.reports.as_ref().filter(|_| self.is_syncing()) else {
             return Err(RegistryError::NotSyncing);
         };
-        let hidden = "(not shown)";
         if record.role != pb::Role::Residence as i32 {
             return Err(InvalidField::new(
                 "id_number",

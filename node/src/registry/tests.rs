@@ -35,6 +35,7 @@ fn move_in(n: u32) -> pb::RegisterMoveInRequest {
         date: "2026-03-01".into(),
         household_division: String::new(),
         urgent: false,
+        reason_of_stay: 0,
     }
 }
 

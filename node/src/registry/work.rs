@@ -234,6 +234,11 @@ impl Registry {
         secret: &PersonSecret,
         reports: &[(ReportKey, ReportRecord)],
     ) {
+        // A local resident (her household in this city) has none of a floating person's
+        // duties here.
+        if record.local_resident {
+            return;
+        }
         let deadlines = self.deadlines();
         let today = list.today;
         let base = pb::WorkItem { id_number: secret.id_number.clone(), ..Default::default() };

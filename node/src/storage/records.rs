@@ -40,6 +40,9 @@ pub struct PersonRecord {
     /// The day retention purged her personal fields: `sealed` is empty from then on.
     #[prost(int32, optional, tag = "13")]
     pub purged_day: Option<i32>,
+    /// Her household registration is in this node's city: no notice, no report cycle.
+    #[prost(bool, tag = "14")]
+    pub local_resident: bool,
 }
 
 /// Exchange state of a person at this node.
