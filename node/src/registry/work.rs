@@ -38,19 +38,11 @@ pub mod kind {
     pub const CERTIFICATE_ANSWER_AWAITED: &str = "certificate_answer_awaited";
 }
 
-/// The first check day (an 8th of a month) on or after `from` inside `period`.
+/// The quarter's health check of an in-migrant who lives here from `from`: the check day
+/// (the 8th) of the quarter's first month, January, April, July or October (seed 000),
+/// if she was here by then. One who arrives later in the quarter is first due in the next.
 fn check_day_in(period: Period, from: NaiveDate) -> Option<NaiveDate> {
-    let mut month = NaiveDate::from_ymd_opt(from.year(), from.month(), 1)?;
-    loop {
-        let day = month.with_day(CHECK_DAY)?;
-        if !period.contains(day) {
-            return None;
-        }
-        if day >= from {
-            return Some(day);
-        }
-        month = month.checked_add_months(Months::new(1))?;
-    }
+    period.first_day().with_day(CHECK_DAY).filter(|day| *day >= from)
 }
 
 struct List {
@@ -274,7 +266,7 @@ impl Registry {
         } else {
             let mut period = Period::of(today);
             while period.first_day() < list.before {
-                let due = check_day_in(period, moved_in.max(period.first_day()));
+                let due = check_day_in(period, moved_in);
                 if let Some(due) = due.filter(|_| !served(period.first_day(), period.last_day())) {
                     list.push(
                         kind::HEALTH_CHECK,
@@ -293,7 +285,13 @@ impl Registry {
         while period.first_day() < list.before {
             let due = add_days(period.last_day(), deadlines.report_days);
             let issued = reports.iter().any(|(k, r)| k.period == period.index() && r.issued_here);
-            if !issued && moved_in <= period.last_day() && due >= today {
+            // Owed for a quarter whose check fell due while she lived here (any quarter she
+            // lived here, for an organisation's employee), or that has a service anyway.
+            let owed = match record.category == pb::Category::Organisation as i32 {
+                true => moved_in <= period.last_day(),
+                false => check_day_in(period, moved_in).is_some(),
+            };
+            if !issued && (owed || served(period.first_day(), period.last_day())) && due >= today {
                 let mut missing = Vec::new();
                 if !served(period.first_day(), period.last_day()) {
                     missing.push("a service in the quarter");
@@ -357,9 +355,13 @@ mod tests {
     #[test]
     fn check_days_fall_on_the_8th_inside_the_quarter() {
         let q1 = Period::parse("p", "2026Q1").unwrap();
-        assert_eq!(check_day_in(q1, day("2026-01-01")), Some(day("2026-01-08")));
-        assert_eq!(check_day_in(q1, day("2026-01-20")), Some(day("2026-02-08")));
-        assert_eq!(check_day_in(q1, day("2026-03-09")), None, "no check day left in the quarter");
+        let q2 = Period::parse("p", "2026Q2").unwrap();
+        assert_eq!(check_day_in(q1, day("2025-11-01")), Some(day("2026-01-08")));
+        assert_eq!(check_day_in(q1, day("2026-01-08")), Some(day("2026-01-08")));
+        assert_eq!(check_day_in(q1, day("2026-01-20")), None, "arrived after January's check day");
+        // A February arrival is first due in April.
+        assert_eq!(check_day_in(q1, day("2026-02-14")), None);
+        assert_eq!(check_day_in(q2, day("2026-02-14")), Some(day("2026-04-08")));
     }
 
     #[test]
