@@ -396,7 +396,7 @@ impl Registry {
             self.audit_refusal(crate::staff::actor::current().unwrap_or_default(), Some(&key), &rule)?;
             return Err(RegistryError::OutsideTownship { township: township.to_owned() });
         }
-        if record.sealed.is_empty() {
+        if record.is_purged() {
             self.commit_audit(self.lock(), self.store.batch(), "read_purged", Some(&key))?;
         }
         let secret = self.open(&key, &record)?;
@@ -429,7 +429,7 @@ impl Registry {
                 && status.is_none_or(|s| s == record.status)
                 && township.as_ref().is_none_or(|t| record.division.starts_with(t.as_str()));
             // A purged record has no fields to show: it is counted, never listed.
-            if !matches || record.sealed.is_empty() {
+            if !matches || record.is_purged() {
                 continue;
             }
             if persons.len() == page_size {
@@ -480,7 +480,7 @@ impl Registry {
 
     /// Her personal fields; [`RegistryError::Purged`] once retention removed them.
     fn open(&self, key: &PersonKey, record: &PersonRecord) -> Result<PersonSecret, RegistryError> {
-        if record.sealed.is_empty() {
+        if record.is_purged() {
             return Err(RegistryError::Purged { on: from_day_number(record.purged_day.unwrap_or_default()) });
         }
         let plain = self.data_key.open(&PersonRecordKey(*key).encode(), &record.sealed)?;
@@ -491,7 +491,7 @@ impl Registry {
     /// Her personal fields, or none once purged: for a change that starts her record
     /// afresh (a new move-in, a peer's notice) rather than one that needs what was there.
     fn open_or_purged(&self, key: &PersonKey, record: &PersonRecord) -> Result<PersonSecret, RegistryError> {
-        match record.sealed.is_empty() {
+        match record.is_purged() {
             true => Ok(PersonSecret::default()),
             false => self.open(key, record),
         }

@@ -162,5 +162,5 @@ impl Registry {
 fn due_for_retention(record: &PersonRecord, cutoff_day: i32) -> bool {
     record.status == pb::PersonStatus::MovedOut as i32
         && record.move_out_day.is_some_and(|d| d <= cutoff_day)
-        && !record.sealed.is_empty()
+        && !record.is_purged()
 }

@@ -138,7 +138,7 @@ impl Registry {
         for item in self.store.persons_after(None) {
             let (key, record) = item?;
             // A record purged under retention has nothing open: no work.
-            if record.sealed.is_empty() || township.as_ref().is_some_and(|t| !record.division.starts_with(t.as_str())) {
+            if record.is_purged() || township.as_ref().is_some_and(|t| !record.division.starts_with(t.as_str())) {
                 continue;
             }
             let secret = match self.open(&key, &record) {

@@ -45,6 +45,14 @@ pub struct PersonRecord {
     pub local_resident: bool,
 }
 
+impl PersonRecord {
+    /// Retention removed her personal fields: nothing sealed is left (a sealed value is
+    /// never empty, it holds at least its nonce and tag).
+    pub fn is_purged(&self) -> bool {
+        self.sealed.is_empty()
+    }
+}
+
 /// Exchange state of a person at this node.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SyncRecord {
