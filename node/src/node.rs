@@ -47,8 +47,8 @@ pub enum NodeError {
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(
-        "the store still cannot write although the disk has space again ({reason}); the node stopped \
-         so that a restart reopens it (nothing acknowledged is lost)"
+        "the store still cannot write although the disk has space again ({reason}), and it could not \
+         be reopened in place; the node stopped so that a restart reopens it (nothing acknowledged is lost)"
     )]
     StoreStuck { reason: String },
 }
@@ -83,12 +83,13 @@ fn private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
 
 /// How often the data directory's free space is checked, and a failing store probed.
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How long writes may keep failing with space back before the node stops for a restart.
+/// How long writes may keep failing with space back before the store is reopened.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// Keeps health true to whether the node can take changes: NOT_SERVING while writes fail
 /// (a full disk) or free space is below `reserve` bytes, SERVING again once a probe write
-/// works (RocksDB resumes by itself when space returns) and space is back.
+/// works (RocksDB resumes by itself after most no-space errors) and space is back. When
+/// writes still fail `STUCK_AFTER` with space back, it asks for the store to be reopened.
 async fn watch_disk(
     store: Arc<Store>,
     health: tonic_health::server::HealthReporter,
@@ -118,12 +119,12 @@ async fn watch_disk(
         .await
         .unwrap_or(serving);
         // RocksDB resumes by itself after most no-space errors, not after a failed WAL
-        // write: then only reopening the store helps, which a restart does.
+        // write: then only reopening the store helps.
         match (store.write_failure(), store.check_space().is_ok()) {
             (Some(reason), true) => {
                 let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= STUCK_AFTER {
-                    tracing::error!(error = %reason, "the store cannot write although space is back; stopping so that a restart reopens it");
+                    tracing::error!(error = %reason, "the store cannot write although space is back; closing it to open it again");
                     let _ = reopen.send(reason);
                     return;
                 }
@@ -171,6 +172,12 @@ pub async fn run(
 }
 
 /// Like [`run`], with the peer listener bound by the caller too (`None`: no sync).
+///
+/// Should the store be unable to write although the disk has space again (RocksDB does not
+/// resume after a failed write-ahead-log write), the node reopens it in place: everything
+/// that uses the store stops, the store is closed and opened again (recovering from its
+/// log, as at a start), and the node serves again on the same listeners. Only if the store
+/// cannot be let go of does the node stop, for its supervisor to restart it.
 pub async fn run_with_peer(
     config: Config,
     clock: Arc<dyn Clock>,
@@ -180,6 +187,76 @@ pub async fn run_with_peer(
 ) -> Result<(), NodeError> {
     // The staff, peer and metrics listeners.
     listen::raise_open_files_limit(3);
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> NodeError {
+        move |source| NodeError::Io { what: what.to_owned(), source }
+    }
+    // Bound once, so that every opening of the store serves the same addresses.
+    let metrics_listener = match config.metrics_addr()? {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Io { what: format!("cannot listen on metrics.listen {addr}"), source })?,
+        ),
+        None => None,
+    };
+    let api = api.into_std().map_err(io("api listener"))?;
+    let peer_listener = peer_listener.map(TcpListener::into_std).transpose().map_err(io("peer listener"))?;
+    let metrics_listener = metrics_listener.map(TcpListener::into_std).transpose().map_err(io("metrics listener"))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let listener =
+        |l: &std::net::TcpListener, what: &'static str| l.try_clone().and_then(TcpListener::from_std).map_err(io(what));
+    for opening in 1u64.. {
+        let listeners = Listeners {
+            api: listener(&api, "api listener")?,
+            peer: peer_listener.as_ref().map(|l| listener(l, "peer listener")).transpose()?,
+            metrics: metrics_listener.as_ref().map(|l| listener(l, "metrics listener")).transpose()?,
+        };
+        match serve(config.clone(), clock.clone(), listeners, shutdown_rx.clone()).await? {
+            Served::Stopped => return Ok(()),
+            Served::Reopen { reason } if *shutdown_rx.borrow() => {
+                tracing::info!(error = %reason, "node stopped while its store could not write");
+                return Ok(());
+            }
+            Served::Reopen { reason } => {
+                tracing::warn!(error = %reason, opening, "the store could not write although the disk has space again; it was closed and is opened again");
+            }
+        }
+    }
+    unreachable!("u64 openings")
+}
+
+/// The listeners one opening of the store serves on.
+struct Listeners {
+    api: TcpListener,
+    peer: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+/// How one opening of the store ended.
+enum Served {
+    /// Shut down as asked.
+    Stopped,
+    /// Stopped because the store could not write although space was back; it has been
+    /// closed (nothing holds it any more) and can be opened again.
+    Reopen { reason: String },
+}
+
+/// How long the tasks of an opening may take to let go of the store before the node gives
+/// up reopening it in place.
+const RELEASE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Serves one opening of the store until `shutdown` turns true or the store needs reopening.
+async fn serve(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Served, NodeError> {
+    let Listeners { api, peer: peer_listener, metrics: metrics_listener } = listeners;
     let data_key =
         DataKey::load(&config.data_key_file).map_err(|source| NodeError::Key { key: "data_key_file", source })?;
     let salt = FederationSalt::load(&config.federation_salt_file)
@@ -200,7 +277,7 @@ pub async fn run_with_peer(
     let reopen_reason = reopen.clone();
     tokio::spawn(async move {
         tokio::select! {
-            () = shutdown => {}
+            () = stopped(shutdown) => {}
             Ok(reason) = reopen_rx => {
                 *reopen_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
             }
@@ -242,16 +319,6 @@ pub async fn run_with_peer(
         tokio::spawn(issue_reports_every(registry.clone(), every, stop_rx.clone()));
     }
     tokio::spawn(retention_daily(registry.clone(), stop_rx.clone()));
-
-    // Bound before the monitor is made, so every status names the bound /metrics address.
-    let metrics_listener = match config.metrics_addr()? {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Io { what: format!("cannot listen on metrics.listen {addr}"), source })?,
-        ),
-        None => None,
-    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ldx_proto::v1::registry_server::RegistryServer<RegistryService>>().await;
@@ -346,12 +413,44 @@ pub async fn run_with_peer(
     }
     served?;
     drop(registry);
-    drop(store);
-    if let Some(reason) = reopen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-        return Err(NodeError::StoreStuck { reason });
+    let reason = reopen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let Some(reason) = reason else {
+        drop(store);
+        tracing::info!(division = %division, "node stopped");
+        return Ok(Served::Stopped);
+    };
+    // The senders, the directory watch and the jobs stop on `stop_rx` and let go of the
+    // store; it is closed only when nothing holds it, so it can be opened again.
+    if release(store, RELEASE_WITHIN).await {
+        Ok(Served::Reopen { reason })
+    } else {
+        Err(NodeError::StoreStuck { reason })
     }
-    tracing::info!(division = %division, "node stopped");
-    Ok(())
+}
+
+/// Closes the store once nothing else holds it; false if something still does `within`.
+async fn release(mut store: Arc<Store>, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(only) => {
+                // Closing RocksDB waits for its background work.
+                let _ = tokio::task::spawn_blocking(move || drop(only)).await;
+                return true;
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(shared) => {
+                tracing::error!(
+                    holders = Arc::strong_count(&shared) - 1,
+                    "the store is still in use; it cannot be reopened in place"
+                );
+                return false;
+            }
+        }
+    }
 }
 
 /// The scheduled job of quarterly reports, and of the assessment statements of a closed

@@ -19,7 +19,7 @@ pub fn from_registry(err: RegistryError) -> Status {
         RegistryError::Storage(crate::storage::StorageError::SyncFailed(_)) => {
             tracing::error!(error = %err, "registry request failed: the change may not be durable");
             return Status::unavailable(
-                "the node could not make the change durable and stops to recover; \
+                "the node could not make the change durable and reopens its store to recover; \
                  send the request again once it is back (a repeated request is recognised)",
             );
         }

@@ -48,7 +48,7 @@ pub enum StorageError {
          nothing was stored; free space on the data directory's disk and try again"
     )]
     DiskFull { free_mb: u64, reserve_mb: u64 },
-    #[error("the node's write-ahead log could not be synced to disk ({0}); the node stops to recover")]
+    #[error("the node's write-ahead log could not be synced to disk ({0}); the node reopens its store to recover")]
     SyncFailed(String),
 }
 
